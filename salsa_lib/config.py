@@ -1,0 +1,169 @@
+"""Stage configs and profiles: the single place where the papermill parameters are defined.
+
+Each notebook's ``parameters`` cell holds flat literals whose names are exactly the fields of one
+frozen dataclass below; the notebook's first code cell turns them into that dataclass, which
+rejects unknown names and ill-typed values. A profile is a named set of these configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from salsa_lib.errors import ConfigError
+
+_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base class: type checks on construction, strict construction from parameter dicts."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, expected = getattr(self, f.name), hints[f.name]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # 3 is a fine float
+            elif not _is_instance(value, expected):
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} must be {_type_name(expected)}, got {value!r}"
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks of a concrete stage; raise ConfigError naming the field."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        unknown = sorted(set(params) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {cls.field_names()}"
+            )
+        return cls(**params)
+
+    @classmethod
+    def from_globals(cls, namespace: Mapping[str, Any]):
+        """Build the config from a notebook's globals (the parameters cell plus papermill's)."""
+        missing = [name for name in cls.field_names() if name not in namespace]
+        if missing:
+            raise ConfigError(f"the parameters cell does not define {missing} ({cls.__name__})")
+        return cls(**{name: namespace[name] for name in cls.field_names()})
+
+    def to_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return self.from_params({**self.to_params(), **changes})
+
+    @classmethod
+    def parse_value(cls, name: str, text: str) -> Any:
+        """Turn a command-line string into the field's type (``-p seed 3`` gives the int 3)."""
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            raise ConfigError(f"unknown parameter {name!r} for {cls.__name__}")
+        expected = hints[name]
+        try:
+            if expected is bool:
+                lowered = text.strip().lower()
+                if lowered not in _TRUE | _FALSE:
+                    raise ValueError
+                return lowered in _TRUE
+            if expected in (int, float, str):
+                return expected(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a valid {_type_name(expected)}") from None
+        raise ConfigError(f"{name} cannot be set from the command line ({_type_name(expected)})")
+
+
+def _is_instance(value: Any, expected: Any) -> bool:
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected in (float, str, bool):
+        return isinstance(value, expected)
+    return True  # compound annotations are not used as notebook parameters
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected))
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+@dataclass(frozen=True)
+class DataConfig(StageConfig):
+    """Notebook 00: get the data (generate, download or point at your own) and cache its audio."""
+
+    profile: str = "tiny"  # names the results folder: results/<profile>/
+    dataset: str = "synthetic"  # synthetic (generated), clotho (ClothoV2.1 download), custom (yours)
+    data_root: str = ""  # "" = data/<dataset>; for custom: a folder in the ClothoV2 layout
+    seed: int = 0  # synthetic set generator seed
+    n_train_clips: int = 300  # synthetic only: clips in development / validation / evaluation
+    n_val_clips: int = 100
+    n_test_clips: int = 100
+    clip_seconds: float = 5.0  # synthetic only: clip duration
+    source_sample_rate: int = 44100  # synthetic only: written like Clotho so resampling is exercised
+    sample_rate: int = 32000  # every model consumes 32 kHz mono (spec 2.2)
+    skip_bad_clips: bool = False  # True: leave unreadable clips out and write a report instead of failing
+    download: bool = True  # clotho only: fetch missing files (False: only use what is on disk)
+    n_examples: int = 3  # clips shown with players and spectrograms
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset={self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.dataset == "custom" and not self.data_root:
+            raise ConfigError("dataset='custom' needs data_root (a folder in the ClothoV2 layout)")
+        for name in ("n_train_clips", "n_val_clips", "n_test_clips", "sample_rate", "source_sample_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.clip_seconds <= 0:
+            raise ConfigError(f"clip_seconds must be positive, got {self.clip_seconds}")
+
+
+DATASETS = {"synthetic", "clotho", "custom"}
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of stage configs; a notebook runs only if its stage is in the profile."""
+
+    name: str
+    description: str
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def stage_configs(self) -> dict[str, StageConfig]:
+        return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
+
+
+# notebook file stem prefix -> Profile attribute holding that notebook's config
+NOTEBOOK_STAGES = {"00": "data"}
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="synthetic benchmark, small random PaSST, packaged MiniLM; 2-core CPU in minutes",
+        data=DataConfig(profile="tiny"),
+    ),
+    "clotho": Profile(
+        name="clotho",
+        description="the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
+        data=DataConfig(profile="clotho", dataset="clotho"),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]

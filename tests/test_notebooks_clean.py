@@ -1,0 +1,37 @@
+"""Notebooks are committed without outputs, and each parameters cell matches its stage config."""
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from salsa_lib.config import NOTEBOOK_STAGES, PROFILES
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no numbered notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs, f"{path.name} cell {index} has outputs: strip them"
+            assert cell.execution_count is None, f"{path.name} cell {index} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_defines_exactly_the_config_fields(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+    assigned = [t.id for node in ast.parse(tagged[0].source).body for t in node.targets]
+    config = getattr(PROFILES["tiny"], NOTEBOOK_STAGES[path.name[:2]])
+    assert assigned == config.field_names(), f"{path.name}: parameters cell vs {type(config).__name__}"
+    # the literals in the notebook are the tiny profile's values, so JupyterLab runs it as-is
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body for t in node.targets}
+    assert values == config.to_params()
