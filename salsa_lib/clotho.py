@@ -7,6 +7,7 @@ marker (written last) lets the next call skip a split without touching the netwo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import lzma
 import os
@@ -136,12 +137,14 @@ def _needed(root: Path, split: str, files: Mapping[str, str]) -> list[str]:
 def _with_retries(download: Downloader, retries: int) -> Downloader:
     """Zenodo drops connections now and then; a short back-off usually gets a multi-GB archive through."""
 
+    attempts = max(retries, 0) + 1
+
     def attempt(url, output_file, pooch_obj):
-        for i in range(retries + 1):
+        for i in range(attempts):
             try:
                 return download(url, output_file, pooch_obj)
             except requests.exceptions.RequestException:
-                if i == retries:
+                if i == attempts - 1:
                     raise
                 time.sleep(_RETRY_WAIT_S * (i + 1))
 
@@ -168,6 +171,8 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def _install_split(root: Path, split: str, archive: Path, md5: str) -> None:
     """Extract beside the target and rename, so an interrupted run never leaves a half-filled split folder."""
+    for stale in [*root.glob(f".extract-{split}-*"), *root.glob(f".stale-{split}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed mid-extraction
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{split}-", dir=root))
     try:
         _extract_checked(archive, tmp)
@@ -185,6 +190,10 @@ def _failure_message(root: Path, failures: Mapping[str, BaseException], files, b
     for name, err in failures.items():
         target = local_path(root, name)
         lines.append(f"  - {name}: {type(err).__name__}: {err}")
+        if isinstance(err, _ARCHIVE_ERRORS):
+            lines.append(f"      the archive at {target} has the right md5 but cannot be unpacked; replace it")
+        elif target.is_file():
+            lines.append(f"      the file already at {target} has the wrong md5; replace it")
         lines.append(f"      URL:         {base_url.format(file=name)}")
         lines.append(f"      place it at: {target}  (expected md5 {files[name]})")
     lines.append(
@@ -244,6 +253,8 @@ def download_clotho(
             continue
         if not keep_archives:
             local_path(root, name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only succeeds once the folder is empty
+                local_path(root, name).parent.rmdir()
     if failures:
         raise DownloadError(_failure_message(root, failures, files, base_url)) from next(iter(failures.values()))
     return root

@@ -1,0 +1,93 @@
+"""Notebook 00's stage: get a data set in the ClothoV2 layout and cache its audio, per DataConfig.
+
+Three sources, one layout, one loader: the generated synthetic benchmark (tiny profile), ClothoV2.1
+(paper profile) and a user's own folder. Downstream stages only ever call ``load_splits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salsa_lib import paths
+from salsa_lib.config import DataConfig
+from salsa_lib.data import ClothoSplit, load_split, preprocess_caption
+from salsa_lib.errors import DataError
+
+# the project's split names -> ClothoV2's
+SPLITS = {"train": "development", "val": "validation", "test": "evaluation"}
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    root: Path  # folder in the ClothoV2 layout
+    cache_dir: Path  # decoded-audio caches for this data set
+
+
+def locate(config: DataConfig) -> DatasetLocation:
+    """Where the config's data set lives and where its audio cache goes."""
+    if config.dataset == "custom":
+        root = Path(config.data_root).expanduser().resolve()
+        tag = "custom-" + hashlib.sha1(str(root).encode()).hexdigest()[:8]
+        return DatasetLocation(root, paths.data_dir() / "cache" / tag)
+    default = {"synthetic": "synthetic", "clotho": "clotho_v2"}[config.dataset]
+    root = Path(config.data_root).expanduser().resolve() if config.data_root else paths.data_dir() / default
+    return DatasetLocation(root, paths.data_dir() / "cache" / config.dataset)
+
+
+def fetch(config: DataConfig, progress: bool = True) -> DatasetLocation:
+    """Generate or download the data set if it is not complete yet (a no-op when it is)."""
+    location = locate(config)
+    if config.dataset == "synthetic":
+        from salsa_lib.synth import generate_synthetic_clotho
+
+        counts = {SPLITS["train"]: config.n_train_clips, SPLITS["val"]: config.n_val_clips,
+                  SPLITS["test"]: config.n_test_clips}
+        generate_synthetic_clotho(location.root, n_clips=counts, clip_seconds=config.clip_seconds,
+                                  sample_rate=config.source_sample_rate, seed=config.seed, progress=progress)
+    elif config.dataset == "clotho":
+        from salsa_lib.clotho import clotho_status, download_clotho
+
+        if config.download:
+            download_clotho(location.root, progress=progress)
+        else:
+            incomplete = {s: st for s, st in clotho_status(location.root).items() if not st["complete"]}
+            if incomplete:
+                raise DataError(f"ClothoV2 is incomplete under {location.root} ({sorted(incomplete)}) "
+                                "and download=False; set download=True or place the files by hand")
+    elif not location.root.is_dir():
+        raise DataError(f"data_root {location.root} is not a folder (expected the ClothoV2 layout)")
+    return location
+
+
+def load_splits(config: DataConfig, splits=tuple(SPLITS), progress: bool = True) -> dict[str, ClothoSplit]:
+    """The cached, validated splits (keys train/val/test); builds each audio cache on first use."""
+    location = locate(config)
+    return {
+        name: load_split(location.root, SPLITS[name], cache_dir=location.cache_dir,
+                         sample_rate=config.sample_rate, skip_bad_clips=config.skip_bad_clips,
+                         progress=progress)
+        for name in splits
+    }
+
+
+def split_statistics(splits: dict[str, ClothoSplit]) -> pd.DataFrame:
+    """One row per split: the numbers a reader checks first (sizes, durations, caption lengths)."""
+    rows = []
+    for name, split in splits.items():
+        durations = np.asarray(split.durations())
+        words = [len(preprocess_caption(c).split()) for caps in split.captions for c in caps]
+        vocabulary = {w for caps in split.captions for c in caps for w in preprocess_caption(c).split()}
+        rows.append({
+            "split": name, "clotho_split": split.split, "clips": split.n_clips,
+            "captions": split.n_captions, "skipped_clips": len(split.skipped),
+            "duration_min_s": durations.min(), "duration_mean_s": durations.mean(),
+            "duration_max_s": durations.max(), "hours": durations.sum() / 3600,
+            "caption_words_mean": float(np.mean(words)), "caption_words_max": int(np.max(words)),
+            "vocabulary": len(vocabulary),
+        })
+    return pd.DataFrame(rows)

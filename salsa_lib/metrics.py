@@ -1,0 +1,55 @@
+"""Retrieval metrics of the ClothoV2 protocol (spec section 9), as small pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def chance_map_at_k(n_candidates: int, k: int = 10) -> float:
+    """Expected mAP@k of a random ranking with one relevant candidate per query.
+
+    The relevant clip lands at each rank with probability 1/N, and AP is 1/rank within the top k.
+    """
+    ranks = np.arange(1, min(k, n_candidates) + 1)
+    return float(np.sum(1.0 / ranks) / n_candidates)
+
+
+def chance_multi_map_at_k(n_relevant: np.ndarray, n_candidates: int, k: int = 10) -> float:
+    """Expected multi-relevance mAP@k of a random ranking, averaged over queries.
+
+    AP@k = (1 / min(m, k)) * sum_{r<=k} P@r * rel_r. Under a random permutation
+    E[P@r * rel_r] = (1/r) * [m/N + (r-1) * m(m-1) / (N(N-1))], which gives the exact expectation.
+    """
+    m = np.asarray(n_relevant, dtype=float)[:, None]
+    n = float(n_candidates)
+    ranks = np.arange(1, min(k, n_candidates) + 1, dtype=float)[None, :]
+    pair = m * (m - 1) / (n * (n - 1)) if n > 1 else 0.0
+    expected = ((m / n + (ranks - 1) * pair) / ranks).sum(axis=1)
+    return float(np.mean(expected / np.minimum(m[:, 0], k)))
+
+
+def ranks_of_relevant(similarity: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's relevant candidate; ties are broken in the candidate's favour.
+
+    ``similarity`` is (queries, candidates); ``relevant[q]`` is the column of query q's one relevant item.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    own = similarity[np.arange(len(similarity)), relevant]
+    return 1 + (similarity > own[:, None]).sum(axis=1)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks=(1, 5, 10), map_k: int = 10) -> dict[str, float]:
+    """mAP@k (reciprocal rank truncated at k, one relevant item) and R@k, as fractions (spec 9)."""
+    ranks = np.asarray(ranks)
+    out = {f"mAP@{map_k}": float(np.where(ranks <= map_k, 1.0 / ranks, 0.0).mean())}
+    out.update({f"R@{k}": float((ranks <= k).mean()) for k in ks})
+    return out
+
+
+def text_to_audio_metrics(caption_embeddings, audio_embeddings, caption_audio: np.ndarray) -> dict[str, float]:
+    """ClothoV2 protocol: every caption queries all clips; its own clip is the one relevant item.
+
+    Embeddings are L2-normalised rows; ``caption_audio[q]`` is the clip index of caption q.
+    """
+    similarity = np.asarray(caption_embeddings) @ np.asarray(audio_embeddings).T
+    return metrics_from_ranks(ranks_of_relevant(similarity, np.asarray(caption_audio)))

@@ -1,0 +1,45 @@
+"""Tables and figures under results/<profile>/: written atomically, named by what they show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salsa_lib import paths
+from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_json
+
+
+def table_path(profile: str, name: str) -> Path:
+    return paths.results_dir(profile) / "tables" / f"{name}.csv"
+
+
+def write_table(frame: pd.DataFrame, profile: str, name: str) -> Path:
+    path = table_path(profile, name)
+    atomic_write_csv(path, frame)
+    return path
+
+
+def write_json(obj, profile: str, name: str) -> Path:
+    path = paths.results_dir(profile) / "tables" / f"{name}.json"
+    atomic_write_json(path, obj)
+    return path
+
+
+def save_figure(fig, profile: str, name: str) -> Path:
+    path = paths.results_dir(profile) / "figures" / f"{name}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_log_mel(ax, wave: np.ndarray, sample_rate: int, title: str = "") -> None:
+    """A log-mel spectrogram in the PaSST front end's resolution (25 ms windows, 10 ms hop)."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=wave, sr=sample_rate, n_fft=1024, win_length=800,
+                                         hop_length=320, n_mels=128)
+    ax.imshow(np.log(mel + 1e-5), origin="lower", aspect="auto", cmap="magma",
+              extent=(0, len(wave) / sample_rate, 0, 128))
+    ax.set(xlabel="time (s)", ylabel="mel bin", title=title)
