@@ -104,7 +104,7 @@ class DataConfig(StageConfig):
 
     profile: str = "tiny"  # names the results folder: results/<profile>/
     dataset: str = "synthetic"  # synthetic (generated), clotho (ClothoV2.1 download), custom (yours)
-    data_root: str = ""  # "" = data/<dataset>; for custom: a folder in the ClothoV2 layout
+    data_root: str = ""  # empty: data/<dataset>; for custom: a folder in the ClothoV2 layout
     seed: int = 0  # synthetic set generator seed
     n_train_clips: int = 300  # synthetic only: clips in development / validation / evaluation
     n_val_clips: int = 100
@@ -131,6 +131,65 @@ class DataConfig(StageConfig):
 DATASETS = {"synthetic", "clotho", "custom"}
 
 
+@dataclass(frozen=True)
+class Stage1Config(StageConfig):
+    """Notebook 01: train K dual encoders with the contrastive loss (spec sections 3-6, 8)."""
+
+    profile: str = "tiny"
+    members: int = 3  # ensemble members; member k trains with seed + k
+    seed: int = 409194  # the README's stage-1 seed
+    audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper)
+    pretrained_audio: bool = False  # paper: AudioSet weights through hear21passt (network once)
+    passt_width: int = 192  # passt_small only: embedding width, layers, heads
+    passt_depth: int = 2
+    passt_heads: int = 3
+    text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
+    text_trainable_layers: int = -1  # top layers that train; -1 = all (paper)
+    text_max_length: int = 32  # tokens (spec 4)
+    text_dropout: float = 0.2  # hidden and attention dropout (spec 4)
+    embed_dim: int = 1024  # shared space (spec 5)
+    tau: float = 0.05  # fixed temperature (spec 5)
+    train_seconds: float = 5.0  # random crop / zero pad in training; paper: 30
+    eval_seconds: float = 5.0  # zero pad at evaluation; paper: 30
+    window_seconds: float = 5.0  # PaSST window; paper: 10 (three windows per 30 s clip)
+    batch_size: int = 32  # paper: 64
+    eval_batch_size: int = 32
+    epochs: int = 20  # paper: 20
+    warmup_epochs: float = 1.0  # linear warmup (per step)
+    rampdown_start: float = 1.0  # cosine from lr to min_lr between these epochs, then constant
+    rampdown_stop: float = 15.0
+    lr_audio_encoder: float = 2e-5  # the paper uses 2e-5 for all four groups
+    lr_text_encoder: float = 2e-5
+    lr_audio_projection: float = 2e-5
+    lr_text_projection: float = 2e-5
+    min_lr: float = 1e-7
+    weight_decay: float = 0.0
+    precision: str = "32-true"  # Lightning precision; paper: 16-mixed on GPU
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: int = 1  # GPUs (or CPU processes) per node, DDP when > 1
+    num_nodes: int = 1
+    accumulate_grad_batches: int = 1
+    num_workers: int = 0  # DataLoader workers
+    resume: bool = True  # continue from last.ckpt when a member's run was interrupted
+
+    def validate(self) -> None:
+        for name in ("members", "batch_size", "eval_batch_size", "epochs", "devices", "num_nodes",
+                     "accumulate_grad_batches", "passt_width", "passt_depth", "passt_heads", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("tau", "train_seconds", "eval_seconds", "window_seconds", "lr_audio_encoder",
+                     "lr_text_encoder", "lr_audio_projection", "lr_text_projection", "min_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not 0 <= self.warmup_epochs <= self.rampdown_start <= self.rampdown_stop <= self.epochs:
+            raise ConfigError("need 0 <= warmup_epochs <= rampdown_start <= rampdown_stop <= epochs, got "
+                              f"{self.warmup_epochs}, {self.rampdown_start}, {self.rampdown_stop}, {self.epochs}")
+        if self.num_workers < 0 or self.weight_decay < 0:
+            raise ConfigError("num_workers and weight_decay must be >= 0")
+
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -141,13 +200,14 @@ class Profile:
     name: str
     description: str
     data: DataConfig = field(default_factory=DataConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
 
     def stage_configs(self) -> dict[str, StageConfig]:
         return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
 
 
 # notebook file stem prefix -> Profile attribute holding that notebook's config
-NOTEBOOK_STAGES = {"00": "data"}
+NOTEBOOK_STAGES = {"00": "data", "01": "stage1"}
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -159,6 +219,11 @@ PROFILES: dict[str, Profile] = {
         name="clotho",
         description="the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
         data=DataConfig(profile="clotho", dataset="clotho"),
+        stage1=Stage1Config(
+            profile="clotho", members=1, audio_encoder="passt_s_p16_s16_128_ap468", pretrained_audio=True,
+            text_encoder="roberta-large", train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0,
+            batch_size=64, eval_batch_size=32, precision="16-mixed", num_workers=8,
+        ),
     ),
 }
 

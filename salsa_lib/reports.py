@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,25 @@ def plot_log_mel(ax, wave: np.ndarray, sample_rate: int, title: str = "") -> Non
     ax.imshow(np.log(mel + 1e-5), origin="lower", aspect="auto", cmap="magma",
               extent=(0, len(wave) / sample_rate, 0, 128))
     ax.set(xlabel="time (s)", ylabel="mel bin", title=title)
+
+
+def run_metadata() -> dict:
+    """Provenance stored beside every result: code version, package versions, when and where."""
+    import platform
+    import subprocess
+    import time
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    versions = {}
+    for name in ("torch", "lightning", "transformers", "hear21passt", "numpy", "librosa"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {"git_commit": commit, "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}

@@ -140,6 +140,7 @@ def _execute(step: Step, out_dir: Path, quiet: bool) -> float:
         ) from None
     seconds = time.perf_counter() - start
     os.replace(running, out_dir / f"{step.name}.ipynb")
+    (out_dir / f"{step.name}.failed.ipynb").unlink(missing_ok=True)  # an older failure is now history
     print(f"[{step.name}] done in {seconds:.1f} s", flush=True)
     return seconds
 

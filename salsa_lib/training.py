@@ -1,0 +1,124 @@
+"""Training on Lightning: the paper's optimiser and schedule, checkpoints, resume, DDP (spec 8).
+
+The losses and metrics are pure functions elsewhere; this module only wires them into a
+LightningModule. Stage 2 reuses it and only swaps the loss (``RetrievalModule.loss``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from salsa_lib.config import Stage1Config
+from salsa_lib.data import AudioCaptionDataset, ClipDataset, ClothoSplit
+from salsa_lib.losses import contrastive_loss
+from salsa_lib.metrics import text_to_audio_metrics
+from salsa_lib.model import build_dual_encoder
+
+LR_FIELDS = {"audio_encoder": "lr_audio_encoder", "text_encoder": "lr_text_encoder",
+             "audio_projection": "lr_audio_projection", "text_projection": "lr_text_projection"}
+
+
+def learning_rate(epoch: float, lr: float, config: Stage1Config) -> float:
+    """Spec 8's closed form: linear warmup, cosine from lr to min_lr, then constant min_lr.
+
+    ``epoch`` is fractional (current epoch + batch / batches per epoch), so the schedule moves per step.
+    """
+    if epoch < config.warmup_epochs:
+        return lr * epoch / config.warmup_epochs
+    if epoch < config.rampdown_start:
+        return lr
+    if epoch < config.rampdown_stop:
+        progress = (epoch - config.rampdown_start) / (config.rampdown_stop - config.rampdown_start)
+        return config.min_lr + (lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_lr
+
+
+class RetrievalModule(pl.LightningModule):
+    """The dual encoder plus its loss, optimiser, schedule and validation metrics."""
+
+    def __init__(self, params: dict, steps_per_epoch: int):
+        super().__init__()
+        # plain dict of literals: checkpoints stay loadable with weights_only=True
+        self.save_hyperparameters({"params": params, "steps_per_epoch": steps_per_epoch})
+        self.config = Stage1Config.from_params(params)
+        self.steps_per_epoch = steps_per_epoch
+        self.model = build_dual_encoder(self.config)
+        self._val_audio, self._val_text, self._val_ids = [], [], []
+        self.val_captions: list[list[str]] | None = None  # set by fit_member: captions per val clip
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return contrastive_loss(logits, batch["audio_idx"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        audio = self.model.embed_audio(batch["audio"], batch["audio_length"])
+        text = self.model.embed_text(batch["caption"])
+        if self.trainer.world_size > 1:  # the in-batch loss needs the global batch on every rank
+            audio, text, batch = _gather_global_batch(audio, text, batch)
+        loss = self.loss(self.model.logits(audio, text), batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(audio))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        captions = [c for i in batch["audio_idx"].tolist() for c in self.val_captions[i]]
+        self._val_audio.append(self.model.embed_audio(batch["audio"], batch["audio_length"]).float())
+        self._val_text.append(self.model.embed_text(captions).float())
+        self._val_ids.append(batch["audio_idx"])
+
+    def on_validation_epoch_end(self) -> None:
+        audio, text, ids = (torch.cat(x) for x in (self._val_audio, self._val_text, self._val_ids))
+        self._val_audio, self._val_text, self._val_ids = [], [], []
+        if self.trainer.world_size > 1:
+            audio, text, ids = (self.all_gather(x).flatten(0, 1) for x in (audio, text, ids))
+        ids, first = np.unique(ids.cpu().numpy(), return_index=True)  # DDP samplers pad with repeats
+        audio = audio[first].cpu().numpy()
+        text = text.reshape(-1, 5, text.shape[-1])[first].reshape(-1, text.shape[-1]).cpu().numpy()
+        metrics = text_to_audio_metrics(text, audio, np.repeat(np.arange(len(ids)), 5))
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "mAP@10", sync_dist=False)
+
+    def configure_optimizers(self):
+        groups = self.model.parameter_groups()
+        base = [getattr(self.config, LR_FIELDS[name]) for name in groups]
+        optimizer = torch.optim.AdamW(
+            [{"params": params, "lr": lr, "name": name} for (name, params), lr in zip(groups.items(), base)],
+            betas=(0.9, 0.999), eps=1e-8, weight_decay=self.config.weight_decay)
+        per_step = [self._schedule(lr) for lr in base]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, per_step)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule(self, lr: float):
+        steps = self.steps_per_epoch / self.config.accumulate_grad_batches
+        return lambda step: learning_rate(step / steps, lr, self.config) / lr
+
+
+def _gather_global_batch(audio, text, batch):
+    """All-gather embeddings with gradients (each rank then computes the same global loss)."""
+    from torch.distributed.nn.functional import all_gather
+
+    audio, text = torch.cat(all_gather(audio)), torch.cat(all_gather(text))
+    gathered = {k: torch.cat(all_gather(v)) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() == 1}
+    return audio, text, {**batch, **gathered}
+
+
+class _EpochAwareCrops(pl.Callback):
+    """Different random crops each epoch, reproducible across runs and resumes."""
+
+    def __init__(self, dataset: AudioCaptionDataset):
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.dataset.set_epoch(trainer.current_epoch)
+
+
+def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
+    train_set = AudioCaptionDataset(train, config.train_seconds, train=True, seed=config.seed)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                              num_workers=config.num_workers)
+    val_loader = DataLoader(ClipDataset(val, config.eval_seconds), batch_size=config.eval_batch_size,
+                            num_workers=config.num_workers)
+    return train_set, train_loader, val_loader
