@@ -91,3 +91,26 @@ def split_statistics(splits: dict[str, ClothoSplit]) -> pd.DataFrame:
             "vocabulary": len(vocabulary),
         })
     return pd.DataFrame(rows)
+
+
+def data_config_path(profile: str) -> Path:
+    return paths.results_dir(profile) / "data" / "data_config.json"
+
+
+def save_data_config(config: DataConfig) -> Path:
+    """Record which data set notebook 00 prepared, so later stages read the same one."""
+    from salsa_lib.files import atomic_write_json
+
+    path = data_config_path(config.profile)
+    atomic_write_json(path, config.to_params())
+    return path
+
+
+def load_data_config(profile: str) -> DataConfig:
+    import json
+
+    path = data_config_path(profile)
+    if not path.exists():
+        raise DataError(f"{path} is missing: run notebook 00 for profile {profile!r} first "
+                        f"(./run_all.sh --profile {profile} --only 00)")
+    return DataConfig.from_params(json.loads(path.read_text()))

@@ -37,6 +37,9 @@ def mel_frontend() -> nn.Module:
 def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int = 2, heads: int = 3,
                 pretrained: bool = True) -> nn.Module:
     """A hear21passt PaSST for ``window_seconds`` windows of 32 kHz audio (patchout 15 x 2 as in the paper)."""
+    import hear21passt.models.passt as passt_module
+
+    passt_module.first_RUN = False  # otherwise forward_features prints tensor shapes on every call
     frames = int(round(window_seconds * 32000 / HOP))
     if arch == PAPER_PASST:
         from hear21passt.models.passt import get_model
@@ -97,7 +100,9 @@ class TextEncoder(nn.Module):
     def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.set_verbosity_error()  # its load report lists the unused pooler as "unexpected"
         source = resolve_text_model(name)
         local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
         try:

@@ -79,7 +79,7 @@ def _fit(config: Stage1Config, folder: Path, train, val, progress: bool) -> dict
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches, callbacks=[checkpoint, _EpochAwareCrops(train_set)],
-        logger=CSVLogger(folder, name="logs", version=""), log_every_n_steps=1,
+        logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )
     last = folder / "checkpoints" / "last.ckpt"
@@ -88,11 +88,23 @@ def _fit(config: Stage1Config, folder: Path, train, val, progress: bool) -> dict
     return best_epoch_metrics(folder)
 
 
+def _attempts(folder: Path) -> int:
+    """Each (re)start logs to its own CSV: Lightning's CSVLogger would delete the earlier one."""
+    return len(list((folder / "logs").glob("attempt*")))
+
+
 def epoch_metrics(folder: Path) -> pd.DataFrame:
-    """Per-epoch training loss and validation metrics from the member's CSV log."""
-    log = pd.read_csv(folder / "logs" / "metrics.csv")
-    columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
-    return log.groupby("epoch")[columns].max().reset_index()
+    """Per-epoch training loss and validation metrics, across resumed attempts (latest attempt wins)."""
+    frames = []
+    for attempt in range(_attempts(folder)):
+        path = folder / "logs" / f"attempt{attempt}" / "metrics.csv"
+        if path.exists():
+            log = pd.read_csv(path)
+            columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
+            frames.append(log.groupby("epoch")[columns].max().dropna(how="all").reset_index())
+    if not frames:
+        raise ConfigError(f"no training log under {folder / 'logs'}: has this member trained?")
+    return pd.concat(frames).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
 def best_epoch_metrics(folder: Path) -> dict:

@@ -47,7 +47,7 @@ class RetrievalModule(pl.LightningModule):
         self.save_hyperparameters({"params": params, "steps_per_epoch": steps_per_epoch})
         self.config = Stage1Config.from_params(params)
         self.steps_per_epoch = steps_per_epoch
-        self.model = build_dual_encoder(self.config)
+        self.model = build_dual_encoder(self.config).train()  # from_pretrained leaves dropout off
         self._val_audio, self._val_text, self._val_ids = [], [], []
         self.val_captions: list[list[str]] | None = None  # set by fit_member: captions per val clip
 

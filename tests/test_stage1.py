@@ -1,0 +1,104 @@
+"""Stage 1 end to end on a miniature synthetic set: checkpoints, reuse, resume, safe loading."""
+
+import json
+import pickle
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+
+from salsa_lib import datasets, stage1
+from salsa_lib.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def _train(config):
+    return stage1.train_members(config, datasets.load_data_config("test"), progress=False)
+
+
+def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
+    table = _train(tiny_stage1)
+    folder = stage1.member_dir("test", 0)
+    record = json.loads((folder / "member.json").read_text())
+    assert (folder / "checkpoints" / "best.ckpt").exists() and (folder / "checkpoints" / "last.ckpt").exists()
+    assert record["seed"] == tiny_stage1.seed and record["params"]["seed"] == tiny_stage1.seed
+    assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
+    assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
+    assert list(table.columns[:3]) == ["member", "seed", "best_epoch"]
+    listed = json.loads((stage1.stage_dir("test") / "members.json").read_text())["members"]
+    assert listed == ["member0"]
+    assert pd.read_csv(tiny_home / "results/test/tables/stage1_members.csv").shape[0] == 1
+
+
+def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tiny_stage1, monkeypatch):
+    _train(tiny_stage1)
+    best = (stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished member was trained again")
+
+    monkeypatch.setattr(stage1, "_fit", no_training)
+    _train(tiny_stage1)  # same parameters: reused
+    monkeypatch.undo()
+    monkeypatch.setenv("SALSA_HOME", str(tiny_home))
+    _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
+    previous = stage1.stage_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
+    assert previous.read_bytes() == best
+
+
+class _Crash(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1, monkeypatch):
+    config = tiny_stage1.replace(epochs=2)
+    real_trainer = pl.Trainer
+    monkeypatch.setattr(pl, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [*kw["callbacks"], _Crash()]}))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(config)
+    folder = stage1.member_dir("test", 0)
+    assert not (folder / "member.json").exists()
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(pl, "Trainer", real_trainer)
+    _train(config)  # resumes: only epoch 1 is trained now
+    assert list(stage1.epoch_metrics(folder)["epoch"]) == [0, 1]
+    resumed = pd.read_csv(folder / "logs" / "attempt1" / "metrics.csv")
+    assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
+    assert (folder / "member.json").exists()
+
+
+def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
+    _train(tiny_stage1)
+    best = stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt"
+    model, config = stage1.load_member(best)
+    assert config.seed == tiny_stage1.seed and not model.training
+    with torch.no_grad():
+        embedding = model.embed_text(["a dog barks"])
+    assert embedding.shape == (1, tiny_stage1.embed_dim)
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        stage1.load_member(tmp_path / "missing.ckpt")
+
+    state = torch.load(best, weights_only=True)
+    state["state_dict"]["model.project_text.extra"] = torch.zeros(1)
+    del state["state_dict"]["model.project_audio.weight"]
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(state, tampered)
+    with pytest.raises(ConfigError, match="project_audio.weight") as info:
+        stage1.load_member(tampered)
+    assert "project_text.extra" in str(info.value)
+
+    malicious = tmp_path / "malicious.ckpt"
+    malicious.write_bytes(pickle.dumps(_CodeRunner()))
+    with pytest.raises(pickle.UnpicklingError):
+        stage1.load_member(malicious)
+
+
+class _CodeRunner:
+    def __reduce__(self):
+        return (print, ("this must never run",))

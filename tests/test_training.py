@@ -1,0 +1,61 @@
+"""The learning-rate schedule of spec section 8, in closed form and as the optimiser applies it."""
+
+import math
+
+import pytest
+
+from salsa_lib.config import Stage1Config
+from salsa_lib.errors import ConfigError
+from salsa_lib.training import learning_rate
+
+PAPER = Stage1Config(epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, min_lr=1e-7)
+
+
+@pytest.mark.parametrize("epoch, expected", [
+    (0.0, 0.0),
+    (0.25, 0.25 * 2e-5),  # linear warm-up over the first epoch
+    (1.0, 2e-5),  # peak
+    (8.0, 1e-7 + (2e-5 - 1e-7) * 0.5),  # half way down the cosine: cos(pi/2) = 0
+    (4.5, 1e-7 + (2e-5 - 1e-7) * 0.5 * (1 + math.cos(math.pi * 3.5 / 14))),
+    (15.0, 1e-7),  # floor from epoch 15 on
+    (19.9, 1e-7),
+])
+def test_paper_schedule_values(epoch, expected):
+    assert learning_rate(epoch, 2e-5, PAPER) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_schedule_is_monotone_after_warmup():
+    values = [learning_rate(1 + k / 10, 2e-5, PAPER) for k in range(141)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_optimizer_follows_the_schedule_per_step(tiny_stage1):
+    from salsa_lib.training import RetrievalModule
+
+    config = tiny_stage1.replace(epochs=4, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=3.0,
+                                 lr_audio_encoder=1e-3, lr_text_projection=4e-3)
+    module = RetrievalModule(config.to_params(), steps_per_epoch=10)
+    setup = module.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    seen = {}
+    for step in range(40):
+        seen[step] = (by_name["audio_encoder"]["lr"], by_name["text_projection"]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[5] == pytest.approx((0.5e-3, 2e-3))  # half-way through warm-up (epoch 0.5)
+    assert seen[10] == pytest.approx((1e-3, 4e-3))  # peak at epoch 1
+    assert seen[20][0] == pytest.approx(1e-7 + (1e-3 - 1e-7) * 0.5)  # cosine midpoint at epoch 2
+    assert seen[35] == pytest.approx((1e-7, 1e-7))  # floor
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "batch_size"),
+    ({"tau": -0.05}, "tau"),
+    ({"text_dropout": 1.0}, "text_dropout"),
+    ({"rampdown_start": 5.0, "rampdown_stop": 2.0}, "rampdown"),
+    ({"lr_text_encoder": "fast"}, "lr_text_encoder"),
+])
+def test_invalid_hyperparameters_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Stage1Config(**change)
