@@ -48,7 +48,7 @@ def fetch(config: DataConfig, progress: bool = True) -> DatasetLocation:
         counts = {SPLITS["train"]: config.n_train_clips, SPLITS["val"]: config.n_val_clips,
                   SPLITS["test"]: config.n_test_clips}
         generate_synthetic_clotho(location.root, n_clips=counts, clip_seconds=config.clip_seconds,
-                                  sample_rate=config.source_sample_rate, seed=config.seed, progress=progress)
+                                  sample_rate=config.source_sample_rate, seed=config.synthetic_seed, progress=progress)
     elif config.dataset == "clotho":
         from salsa_lib.clotho import clotho_status, download_clotho
 

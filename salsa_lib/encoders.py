@@ -69,6 +69,11 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.mel = mel_frontend()
         self.passt = passt
+        # the AudioSet classifier heads are unused (the embedding is taken before them); frozen, they
+        # stay in checkpoints (the released one has them) but out of optimisers and DDP's gradient sync
+        for head in (passt.head, passt.head_dist):
+            if head is not None:
+                head.requires_grad_(False)
         self.window_samples = int(round(window_seconds * 32000))
         self.dim = passt.embed_dim
 
@@ -105,6 +110,8 @@ class TextEncoder(nn.Module):
         transformers_logging.set_verbosity_error()  # its load report lists the unused pooler as "unexpected"
         source = resolve_text_model(name)
         local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
+        if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
+            raise ConfigError(f"text encoder folder {source!r} does not exist")
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local, hidden_dropout_prob=dropout,
                                                 attention_probs_dropout_prob=dropout)

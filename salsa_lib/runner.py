@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a notebook parameter, e.g. -p seed 3 (repeatable)")
     parser.add_argument("--from", dest="start", metavar="NN", help="run from notebook NN on")
     parser.add_argument("--only", metavar="NN", help="run notebook NN only")
-    parser.add_argument("--force", action="store_true", help="rerun notebooks that are up to date")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun notebooks that are up to date and retrain models they would reuse")
     parser.add_argument("--quiet", action="store_true", help="no cell output or progress bars")
     parser.add_argument("--notebooks-dir", type=Path, help=argparse.SUPPRESS)  # for tests
     args = parser.parse_args(argv)
@@ -171,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(args.p)
         steps = select(plan(args.profile, overrides, args.notebooks_dir), args.start, args.only)
         start = time.perf_counter()
+        if args.force:
+            os.environ["SALSA_FORCE"] = "1"  # the kernels inherit it: trained models are recomputed too
         run(steps, args.profile, force=args.force, quiet=args.quiet)
     except SalsaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        os.environ.pop("SALSA_FORCE", None)
     print(f"all done in {time.perf_counter() - start:.1f} s; results in {paths.results_dir(args.profile)}")
     return 0
 

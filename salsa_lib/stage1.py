@@ -1,8 +1,8 @@
 """Stage 1: train the ensemble members, each in its own folder under results/<profile>/stage1/.
 
-Cache-or-compute: a member that finished with the same parameters is not retrained; an
-interrupted one resumes from its last checkpoint; one trained with other parameters is moved to
-``stage1/.previous/`` (never silently overwritten) and trained anew.
+Cache-or-compute: a member that finished with the same parameters is not retrained (unless
+``run_all.sh --force``); an interrupted one resumes from its last checkpoint; one trained with other
+parameters, or forced, is moved to ``stage1/.previous/`` (never silently overwritten) and trained anew.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def train_member(config: Stage1Config, member: int, train, val, progress: bool =
     params = {**config.to_params(), "seed": config.seed + member}
     if record_path.exists():
         record = _read_json(record_path)
-        if record.get("params") == params and (folder / record["best_checkpoint"]).exists():
+        reusable = record.get("params") == params and (folder / record["best_checkpoint"]).exists()
+        if reusable and not paths.force_recompute():
             return record  # finished with these parameters: nothing to do
         _move_aside(folder)
     elif (folder / "checkpoints" / "last.ckpt").exists() and _checkpoint_params(folder) != params:

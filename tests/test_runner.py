@@ -1,6 +1,7 @@
 """The papermill runner: parameters reach the notebooks, failures are named, current steps skip."""
 
 import json
+import os
 
 import nbformat
 import pandas as pd
@@ -44,8 +45,8 @@ def home(tmp_path, monkeypatch):
 def test_plan_rejects_unknown_and_ill_typed_parameters():
     with pytest.raises(ConfigError, match="sed"):
         runner.plan("tiny", {"sed": "1"})
-    with pytest.raises(ConfigError, match="seed='abc'"):
-        runner.plan("tiny", {"seed": "abc"})
+    with pytest.raises(ConfigError, match="synthetic_seed=.abc."):
+        runner.plan("tiny", {"synthetic_seed": "abc"})
     with pytest.raises(ConfigError, match="--profile"):
         runner.plan("tiny", {"profile": "clotho"})
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
@@ -55,8 +56,8 @@ def test_plan_rejects_unknown_and_ill_typed_parameters():
 def test_select_from_and_only(home):
     _, notebooks = home
     _notebook(notebooks / "00_data.ipynb", "pass")
-    steps = runner.plan("tiny", {"seed": "5"}, notebooks)
-    assert [s.name for s in steps] == ["00_data"] and steps[0].config.seed == 5
+    steps = runner.plan("tiny", {"synthetic_seed": "5"}, notebooks)
+    assert [s.name for s in steps] == ["00_data"] and steps[0].config.synthetic_seed == 5
     assert runner.select(steps, only="0") == steps
     with pytest.raises(ConfigError, match="no notebook numbered '07'"):
         runner.select(steps, start="07")
@@ -66,10 +67,10 @@ def test_select_from_and_only(home):
 def test_parameters_reach_the_notebook_and_current_steps_are_skipped(home, capsys):
     results, notebooks = home
     _notebook(notebooks / "00_data.ipynb", RECORD_PARAMS)
-    argv = ["--notebooks-dir", str(notebooks), "--quiet", "-p", "seed", "7", "-p", "clip_seconds", "2"]
+    argv = ["--notebooks-dir", str(notebooks), "--quiet", "-p", "synthetic_seed", "7", "-p", "clip_seconds", "2"]
     assert runner.main(argv) == 0
     seen = json.loads((results / "results/tiny/seen_params.json").read_text())
-    assert seen == {**TINY_DATA.to_params(), "seed": 7, "clip_seconds": 2.0}
+    assert seen == {**TINY_DATA.to_params(), "synthetic_seed": 7, "clip_seconds": 2.0}
     assert (results / "results/tiny/notebooks/00_data.ipynb").exists()
     log = pd.read_csv(results / "results/tiny/run_log.csv")
     assert list(log.status) == ["ok"] and log.seconds[0] > 0
@@ -80,8 +81,11 @@ def test_parameters_reach_the_notebook_and_current_steps_are_skipped(home, capsy
 
     assert runner.main(argv[:-2] + ["clip_seconds", "3"]) == 0  # changed parameter: rerun
     assert json.loads((results / "results/tiny/seen_params.json").read_text())["clip_seconds"] == 3.0
+    _notebook(notebooks / "00_data.ipynb", RECORD_PARAMS + "\nimport os; (out.parent / 'force.txt').write_text(os.environ.get('SALSA_FORCE', ''))")
     assert runner.main(argv[:-2] + ["clip_seconds", "3", "--force"]) == 0
     assert len(pd.read_csv(results / "results/tiny/run_log.csv")) == 3
+    assert (results / "results/tiny/force.txt").read_text() == "1"  # the kernel sees --force
+    assert "SALSA_FORCE" not in os.environ  # and it does not leak into the caller
 
 
 @pytest.mark.slow

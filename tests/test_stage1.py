@@ -46,6 +46,10 @@ def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tin
     _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
     previous = stage1.stage_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
     assert previous.read_bytes() == best
+    retrained = (stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+    monkeypatch.setenv("SALSA_FORCE", "1")  # run_all.sh --force: same parameters, trained again
+    _train(tiny_stage1.replace(lr_text_projection=2e-3))
+    assert previous.read_bytes() == retrained
 
 
 class _Crash(pl.Callback):

@@ -1,0 +1,98 @@
+"""Encoders: PaSST windowing and masked pooling (spec 3.1), the text side (spec 4), the dual model (5)."""
+
+import urllib.error
+
+import pytest
+import torch
+
+from salsa_lib import encoders
+from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt
+from salsa_lib.errors import ConfigError, DownloadError
+
+
+@pytest.fixture(scope="module")
+def small_audio_encoder():
+    torch.manual_seed(0)
+    return AudioEncoder(build_passt("passt_small", 1.0, width=32, depth=1, heads=2), 1.0).eval()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return TextEncoder(encoders.PACKAGED_MINILM, trainable_layers=2).eval()
+
+
+def test_masked_mean_keeps_only_windows_with_audio(small_audio_encoder):
+    torch.manual_seed(1)
+    audio = torch.randn(2, 3 * 32000)  # three 1 s windows
+    with torch.no_grad():
+        pooled = small_audio_encoder(audio, torch.tensor([0.4, 1.0]))  # ceil(0.4 * 3) = 2 windows
+        windows = []
+        for w in range(3):
+            mel = small_audio_encoder.mel(audio[:, w * 32000:(w + 1) * 32000]).unsqueeze(1)
+            cls, dist = small_audio_encoder.passt.forward_features(mel)
+            windows.append((cls + dist) / 2)
+    assert torch.allclose(pooled[0], (windows[0][0] + windows[1][0]) / 2, atol=1e-5)
+    assert torch.allclose(pooled[1], (windows[0][1] + windows[1][1] + windows[2][1]) / 3, atol=1e-5)
+
+
+def test_short_audio_is_padded_to_whole_windows(small_audio_encoder):
+    with torch.no_grad():
+        out = small_audio_encoder(torch.randn(3, 40000), torch.tensor([1.0, 0.5, 0.01]))
+    assert out.shape == (3, 32) and torch.isfinite(out).all()
+
+
+def test_paper_passt_token_grid_is_8_by_62_per_10_s_window():
+    passt = build_passt(encoders.PAPER_PASST, 10.0, pretrained=False)
+    assert tuple(passt.patch_embed.grid_size) == (8, 62)
+    assert (passt.s_patchout_t, passt.s_patchout_f) == (15, 2)
+    assert passt.embed_dim == 768 and len(passt.blocks) == 12
+
+
+def test_unknown_audio_encoder_and_offline_weights(monkeypatch):
+    with pytest.raises(ConfigError, match="'passt_xl'"):
+        build_passt("passt_xl", 10.0)
+    import hear21passt.models.passt as passt_module
+
+    def offline(**kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(passt_module, "get_model", offline)
+    with pytest.raises(DownloadError, match="passt-s-f128-p16-s16-ap.468.pt"):
+        build_passt(encoders.PAPER_PASST, 10.0)
+
+
+def test_text_encoder_first_token_of_preprocessed_caption(minilm):
+    with torch.no_grad():
+        a, b = minilm(["A DOG, barks!"]), minilm(["a dog barks"])
+        tokens = minilm.tokenizer(["a dog barks"], padding="max_length", max_length=32, return_tensors="pt")
+        direct = minilm.model(**tokens).last_hidden_state[:, 0]
+    assert torch.allclose(a, b) and torch.allclose(b, direct, atol=1e-6)
+    assert a.shape == (1, 384)
+
+
+def test_text_encoder_trains_only_top_layers(minilm):
+    layers = minilm.model.encoder.layer
+    assert not any(p.requires_grad for p in minilm.model.embeddings.parameters())
+    assert [all(p.requires_grad for p in layer.parameters()) for layer in layers] == [False] * 4 + [True] * 2
+    assert minilm.model.config.hidden_dropout_prob == 0.2 and minilm.model.config.attention_probs_dropout_prob == 0.2
+
+
+def test_text_encoder_bad_names():
+    with pytest.raises(ConfigError, match="trainable_layers=7"):
+        TextEncoder(encoders.PACKAGED_MINILM, trainable_layers=7)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TextEncoder("./no/such/model")
+
+
+def test_dual_encoder_unit_norm_and_fixed_tau(small_audio_encoder, minilm):
+    from salsa_lib.model import DualEncoder
+
+    model = DualEncoder(small_audio_encoder, minilm, embed_dim=16, tau=0.05).eval()
+    with torch.no_grad():
+        a = model.embed_audio(torch.randn(2, 32000), torch.ones(2))
+        c = model.embed_text(["rain", "a siren wails"])
+        logits = model.logits(a, c)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2)) and torch.allclose(c.norm(dim=-1), torch.ones(2))
+    assert torch.allclose(logits, (a @ c.T) * 20)
+    assert "tau" in model.state_dict() and not any(p is model.tau for p in model.parameters())
+    assert set(model.parameter_groups()) == {"audio_encoder", "text_encoder", "audio_projection", "text_projection"}

@@ -1,0 +1,44 @@
+"""Every notebook executed headlessly by the runner (papermill) on a miniature tiny-profile run."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from salsa_lib import runner
+from salsa_lib.config import NOTEBOOK_STAGES
+
+pytestmark = pytest.mark.slow
+
+MINIATURE = {
+    # 00_data
+    "n_train_clips": 8, "n_val_clips": 4, "n_test_clips": 4, "clip_seconds": 1.0, "source_sample_rate": 16000,
+    # 01_stage1
+    "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
+    "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
+    "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
+}
+
+
+def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SALSA_HOME", str(tmp_path))
+    argv = ["--quiet"] + [x for k, v in MINIATURE.items() for x in ("-p", k, str(v))]
+    assert runner.main(argv) == 0, capsys.readouterr().err
+    results = tmp_path / "results" / "tiny"
+    executed = sorted(p.stem for p in (results / "notebooks").glob("*.ipynb"))
+    assert [name[:2] for name in executed] == sorted(NOTEBOOK_STAGES)  # every stage ran
+    log = pd.read_csv(results / "run_log.csv")
+    assert list(log.status) == ["ok"] * len(NOTEBOOK_STAGES)
+
+    data = pd.read_csv(results / "tables" / "data_statistics.csv")
+    assert list(data.clips) == [8, 4, 4] and list(data.captions) == [40, 20, 20]
+    assert json.loads((results / "data" / "data_config.json").read_text())["n_train_clips"] == 8
+    members = pd.read_csv(results / "tables" / "stage1_members.csv")
+    assert list(members.seed) == [409194, 409195]
+    assert members["mAP@10"].between(0, 1).all()
+    for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
+                   "01_learning_rate_schedule", "01_stage1_curves"):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
+
+    assert runner.main(argv) == 0  # everything current: nothing reruns
+    assert capsys.readouterr().out.count("up to date, skipped") == len(NOTEBOOK_STAGES)
