@@ -167,6 +167,7 @@ class Stage1Config(StageConfig):
     precision: str = "32-true"  # Lightning precision; paper: 16-mixed (fp16 AMP) on GPU
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: int = 1  # GPUs (or CPU processes) per node, DDP when > 1
+    strategy: str = "auto"  # Lightning strategy; ddp_notebook runs DDP inside a notebook kernel
     num_nodes: int = 1
     accumulate_grad_batches: int = 1
     num_workers: int = 0  # DataLoader workers

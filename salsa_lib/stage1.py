@@ -78,7 +78,7 @@ def _fit(config: Stage1Config, folder: Path, train, val, progress: bool) -> dict
                                  mode="max", save_last=True, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, precision=config.precision,
+        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches, callbacks=[checkpoint, _EpochAwareCrops(train_set)],
         logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
