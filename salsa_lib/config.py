@@ -191,6 +191,68 @@ class Stage1Config(StageConfig):
             raise ConfigError("num_workers and weight_decay must be >= 0")
 
 
+@dataclass(frozen=True)
+class CorrespondenceConfig(StageConfig):
+    """Notebook 02: embed the training split with every stage-1 member, estimate correspondences (spec 7.1-7.2)."""
+
+    profile: str = "tiny"
+    batch_size: int = 32  # clips or captions per forward pass while embedding
+    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    block_size: int = 2048  # captions per block of the full-split estimate (bounds memory)
+    n_example_queries: int = 3  # captions whose estimated correspondences are plotted
+    top_n: int = 50  # clips shown per example query (the paper's figure shows 50)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "block_size", "n_example_queries", "top_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}; choose auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class Stage2Config(StageConfig):
+    """Notebook 03: distil the estimated correspondences into a stage-1 model (spec 7.3, 8)."""
+
+    profile: str = "tiny"
+    teachers: str = "ensemble"  # ensemble (all stage-1 members) or self (only the initial member)
+    init_member: int = 0  # the stage-1 member whose best checkpoint initialises the student
+    sup_weight: float = 0.0  # weight of L_sup; the paper's recipe: 0
+    distill_weight: float = 1.0  # weight of L_dist; the paper's recipe: 1
+    seed: int = 523528930  # the README's stage-2 seed
+    batch_size: int = 32  # paper: 64
+    eval_batch_size: int = 32
+    epochs: int = 3  # paper: 20
+    warmup_epochs: float = 1.0  # same schedule as stage 1 (spec 8)
+    rampdown_start: float = 1.0
+    rampdown_stop: float = 3.0  # paper: 15
+    lr_audio_encoder: float = 5e-4  # paper: 2e-5 for all four groups
+    lr_text_encoder: float = 5e-5
+    lr_audio_projection: float = 1e-3
+    lr_text_projection: float = 1e-3
+    min_lr: float = 1e-7
+    weight_decay: float = 0.0
+    precision: str = "32-true"  # paper: 16-mixed on GPU
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = 1
+    num_workers: int = 0
+    resume: bool = True
+
+    def validate(self) -> None:
+        if self.teachers not in ("ensemble", "self"):
+            raise ConfigError(f"teachers={self.teachers!r}; choose ensemble or self")
+        if self.init_member < 0:
+            raise ConfigError(f"init_member must be >= 0, got {self.init_member}")
+        if self.sup_weight < 0 or self.distill_weight < 0 or self.sup_weight + self.distill_weight == 0:
+            raise ConfigError(f"need non-negative loss weights, not both zero: sup_weight={self.sup_weight}, "
+                              f"distill_weight={self.distill_weight}")
+        # the training fields obey the same rules as stage 1's
+        Stage1Config(**{k: v for k, v in self.to_params().items() if k in Stage1Config.field_names()})
+
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -202,13 +264,15 @@ class Profile:
     description: str
     data: DataConfig = field(default_factory=DataConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
     def stage_configs(self) -> dict[str, StageConfig]:
         return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
 
 
 # notebook file stem prefix -> Profile attribute holding that notebook's config
-NOTEBOOK_STAGES = {"00": "data", "01": "stage1"}
+NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2"}
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -227,6 +291,14 @@ PROFILES: dict[str, Profile] = {
             epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5,
             lr_text_encoder=2e-5, lr_audio_projection=2e-5, lr_text_projection=2e-5,
             precision="16-mixed", accelerator="gpu", num_workers=8,
+        ),
+        correspondences=CorrespondenceConfig(profile="clotho", batch_size=64, device="cuda"),
+        stage2=Stage2Config(  # README recipe: self-distillation, L_dist only, seed 523528930
+            profile="clotho", teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0,
+            seed=523528930, batch_size=64, eval_batch_size=32, epochs=20, warmup_epochs=1.0,
+            rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5, lr_text_encoder=2e-5,
+            lr_audio_projection=2e-5, lr_text_projection=2e-5, precision="16-mixed", accelerator="gpu",
+            num_workers=8,
         ),
     ),
 }

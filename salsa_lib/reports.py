@@ -66,3 +66,17 @@ def run_metadata() -> dict:
             versions[name] = None
     return {"git_commit": commit, "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+
+
+def plot_correspondence_bars(ax, scores: np.ndarray, associated: int, truly: set[int] | None = None,
+                             top_n: int = 50, title: str = "") -> None:
+    """The paper's figure: one caption's top-n estimated correspondences over clips, as bars.
+
+    Red: the clip the caption was written for; green (synthetic only): other clips it truly describes.
+    """
+    order = np.argsort(-scores)[:top_n]
+    truly = truly or set()
+    colors = ["tab:red" if i == associated else "tab:green" if i in truly else "tab:gray" for i in order]
+    ax.bar(np.arange(len(order)), scores[order], color=colors)
+    ax.set(xlabel=f"top {len(order)} clips by estimated correspondence", ylabel="estimate", title=title)
+    ax.set_xticks([])

@@ -6,15 +6,24 @@ LightningModule. Stage 2 reuses it and only swaps the loss (``RetrievalModule.lo
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from salsa_lib import paths, reports
 from salsa_lib.config import Stage1Config
 from salsa_lib.data import AudioCaptionDataset, ClipDataset, ClothoSplit
+from salsa_lib.errors import ConfigError
+from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
 from salsa_lib.model import build_dual_encoder
@@ -41,10 +50,11 @@ def learning_rate(epoch: float, lr: float, config: Stage1Config) -> float:
 class RetrievalModule(pl.LightningModule):
     """The dual encoder plus its loss, optimiser, schedule and validation metrics."""
 
-    def __init__(self, params: dict, steps_per_epoch: int):
+    def __init__(self, params: dict, steps_per_epoch: int, run: dict | None = None):
         super().__init__()
-        # plain dict of literals: checkpoints stay loadable with weights_only=True
-        self.save_hyperparameters({"params": params, "steps_per_epoch": steps_per_epoch})
+        # plain dicts of literals: checkpoints stay loadable with weights_only=True. ``params`` rebuild
+        # the model; ``run`` identifies the training run (stage 2 adds its teachers) for safe resuming
+        self.save_hyperparameters({"params": params, "steps_per_epoch": steps_per_epoch, "run": run or params})
         self.config = Stage1Config.from_params(params)
         self.steps_per_epoch = steps_per_epoch
         self.model = build_dual_encoder(self.config).train()  # from_pretrained leaves dropout off
@@ -122,3 +132,93 @@ def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
     val_loader = DataLoader(ClipDataset(val, config.eval_seconds), batch_size=config.eval_batch_size,
                             num_workers=config.num_workers)
     return train_set, train_loader, val_loader
+
+
+# --------------------------------------------------------------------------- runs on disk
+
+RECORD = "run.json"
+
+
+def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict]) -> dict:
+    """Cache-or-compute for one training run folder, keyed by the run's parameters.
+
+    Finished with the same ``run`` parameters: reused (unless ``run_all.sh --force``). Interrupted
+    with the same parameters: ``train`` resumes from ``last.ckpt``. Anything else already there is
+    moved to ``<stage>/.previous/`` (never silently overwritten) and trained anew.
+    """
+    record_path = folder / RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        reusable = record.get("run") == run and (folder / record["best_checkpoint"]).exists()
+        if reusable and not paths.force_recompute():
+            return record
+        _move_aside(folder)
+    elif (folder / "checkpoints" / "last.ckpt").exists() and checkpoint_hparams(folder / "checkpoints" / "last.ckpt").get("run") != run:
+        _move_aside(folder)
+    start = time.perf_counter()
+    metrics = train()
+    record = {"folder": folder.name, "run": run, "best_checkpoint": "checkpoints/best.ckpt",
+              "last_checkpoint": "checkpoints/last.ckpt", "seconds": round(time.perf_counter() - start, 1),
+              **metrics, **reports.run_metadata()}
+    atomic_write_json(record_path, record)
+    return record
+
+
+def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_loader, progress: bool) -> dict:
+    """Train with checkpoints (best by val mAP@10, last every epoch), CSV logs, automatic resume."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    config = module.config
+    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor="val/mAP@10",
+                                 mode="max", save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        callbacks=[checkpoint, _EpochAwareCrops(train_set)],
+        logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = str(last) if config.resume and last.exists() else None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+    return best_epoch_metrics(folder)
+
+
+def checkpoint_hparams(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("hyper_parameters", {})
+
+
+def _attempts(folder: Path) -> int:
+    """Each (re)start logs to its own CSV: Lightning's CSVLogger would delete the earlier one."""
+    return len(list((folder / "logs").glob("attempt*")))
+
+
+def epoch_metrics(folder: Path) -> pd.DataFrame:
+    """Per-epoch training loss and validation metrics, across resumed attempts (latest attempt wins)."""
+    frames = []
+    for attempt in range(_attempts(folder)):
+        path = folder / "logs" / f"attempt{attempt}" / "metrics.csv"
+        if path.exists():
+            log = pd.read_csv(path)
+            columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
+            frames.append(log.groupby("epoch")[columns].max().dropna(how="all").reset_index())
+    if not frames:
+        raise ConfigError(f"no training log under {folder / 'logs'}: has this run trained?")
+    return pd.concat(frames).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def best_epoch_metrics(folder: Path) -> dict:
+    per_epoch = epoch_metrics(folder).dropna(subset=["val/mAP@10"])
+    best = per_epoch.loc[per_epoch["val/mAP@10"].idxmax()]
+    return {"best_epoch": int(best["epoch"]),
+            "val": {c.removeprefix("val/"): round(float(best[c]), 6) for c in per_epoch.columns if c.startswith("val/")}}
+
+
+def _move_aside(folder: Path) -> None:
+    previous = folder.parent / ".previous" / folder.name
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(previous)

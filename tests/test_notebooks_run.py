@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 MINIATURE = {
     # 00_data
     "n_train_clips": 8, "n_val_clips": 4, "n_test_clips": 4, "clip_seconds": 1.0, "source_sample_rate": 16000,
-    # 01_stage1
+    # 01_stage1 (and 02/03, which share these names)
     "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
     "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
     "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
@@ -36,8 +36,13 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     members = pd.read_csv(results / "tables" / "stage1_members.csv")
     assert list(members.seed) == [409194, 409195]
     assert members["mAP@10"].between(0, 1).all()
+    quality = pd.read_csv(results / "tables" / "correspondence_quality.csv")
+    assert list(quality.estimate) == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
+    comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
+    assert list(comparison.stage) == [1, 1, 2]
     for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
-                   "01_learning_rate_schedule", "01_stage1_curves"):
+                   "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
+                   "02_estimate_quality", "02_example_correspondences", "03_stage2_curves"):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
 
     assert runner.main(argv) == 0  # everything current: nothing reruns

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from salsa_lib import datasets, stage1
+from salsa_lib import datasets, stage1, training
 from salsa_lib.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -21,9 +21,9 @@ def _train(config):
 def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
     table = _train(tiny_stage1)
     folder = stage1.member_dir("test", 0)
-    record = json.loads((folder / "member.json").read_text())
+    record = json.loads((folder / "run.json").read_text())
     assert (folder / "checkpoints" / "best.ckpt").exists() and (folder / "checkpoints" / "last.ckpt").exists()
-    assert record["seed"] == tiny_stage1.seed and record["params"]["seed"] == tiny_stage1.seed
+    assert record["run"]["seed"] == tiny_stage1.seed
     assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
     assert list(table.columns[:3]) == ["member", "seed", "best_epoch"]
@@ -39,7 +39,7 @@ def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tin
     def no_training(*args, **kwargs):
         raise AssertionError("a finished member was trained again")
 
-    monkeypatch.setattr(stage1, "_fit", no_training)
+    monkeypatch.setattr(stage1, "fit", no_training)
     _train(tiny_stage1)  # same parameters: reused
     monkeypatch.undo()
     monkeypatch.setenv("SALSA_HOME", str(tiny_home))
@@ -65,14 +65,14 @@ def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1,
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train(config)
     folder = stage1.member_dir("test", 0)
-    assert not (folder / "member.json").exists()
+    assert not (folder / "run.json").exists()
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(pl, "Trainer", real_trainer)
     _train(config)  # resumes: only epoch 1 is trained now
-    assert list(stage1.epoch_metrics(folder)["epoch"]) == [0, 1]
+    assert list(training.epoch_metrics(folder)["epoch"]) == [0, 1]
     resumed = pd.read_csv(folder / "logs" / "attempt1" / "metrics.csv")
     assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
-    assert (folder / "member.json").exists()
+    assert (folder / "run.json").exists()
 
 
 def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):

@@ -1,0 +1,168 @@
+"""Estimating audio-caption correspondences from frozen stage-1 members (spec section 7.1-7.2).
+
+Each member embeds the training split once, in eval mode; the embeddings are stored index-aligned
+with the data set (clip i, caption 5 i + k), so stage 2 builds the targets of any batch by indexing,
+without running the teachers again. The ensemble estimate averages the members' cosine matrices
+(ensembling on similarities, before the softmax) and scales them with the shared fixed tau.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from salsa_lib.data import ClipDataset, ClothoSplit
+from salsa_lib.errors import ConfigError, DataError
+from salsa_lib.files import atomic_path
+
+
+def split_fingerprint(split: ClothoSplit) -> str:
+    """Identifies a split's clips and captions in order: teacher embeddings must match it exactly."""
+    digest = hashlib.sha256()
+    for name, captions in zip(split.file_names, split.captions):
+        digest.update("\x1f".join([name, *captions]).encode() + b"\x1e")
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def embed_split(model, split: ClothoSplit, seconds: float, batch_size: int = 32, device: str = "cpu") -> dict:
+    """L2-normalised audio (n_clips, D) and caption (5 n_clips, D) embeddings, in eval mode."""
+    model = model.eval().to(device)
+    audio = [model.embed_audio(b["audio"].to(device), b["audio_length"].to(device)).float().cpu()
+             for b in DataLoader(ClipDataset(split, seconds), batch_size=batch_size)]
+    captions = [c for clip in split.captions for c in clip]
+    text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
+    return {"audio": torch.cat(audio), "captions": torch.cat(text)}
+
+
+def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint: Path, member: str) -> None:
+    """Stored with what identifies them: the data (fingerprint) and the model (checkpoint hash)."""
+    payload = {"audio": embeddings["audio"].half(), "captions": embeddings["captions"].half(),
+               "split": split.split, "fingerprint": split_fingerprint(split), "member": member,
+               "checkpoint_sha256": file_digest(checkpoint)}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_embeddings(path: Path, split: ClothoSplit) -> dict:
+    """A member's stored embeddings, refused with a clear message if they belong to other data."""
+    if not path.exists():
+        raise DataError(f"teacher embeddings {path} are missing: run notebook 02 (correspondences) first")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload["fingerprint"] != split_fingerprint(split):
+        raise DataError(f"teacher embeddings {path} (member {payload['member']}) were computed on other data "
+                        f"than the current {split.split} split (different clips, captions or order); recompute them")
+    n = split.n_clips
+    if payload["audio"].shape[0] != n or payload["captions"].shape[0] != 5 * n:
+        raise DataError(f"teacher embeddings {path}: {payload['audio'].shape[0]} clips / "
+                        f"{payload['captions'].shape[0]} captions, the split has {n} / {5 * n}")
+    return payload
+
+
+def stack_teachers(payloads: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, n_clips, D) audio and (M, n_captions, D) caption embeddings of M teachers, float32."""
+    if not payloads:
+        raise ConfigError("the teacher list is empty: name at least one stage-1 member")
+    dims = {p["member"]: p["audio"].shape[1] for p in payloads}
+    if len(set(dims.values())) > 1:
+        raise ConfigError(f"teachers embed into different sizes: {dims}")
+    return (torch.stack([p["audio"].float() for p in payloads]),
+            torch.stack([p["captions"].float() for p in payloads]))
+
+
+def ensemble_logits(audio: torch.Tensor, captions: torch.Tensor, tau: float) -> torch.Tensor:
+    """C_bar / tau: the mean over M teachers of their cosine matrices (spec 7.2, item 4 of 12).
+
+    ``audio`` (M, B_a, D) and ``captions`` (M, B_c, D) are L2-normalised; result (B_a, B_c).
+    """
+    return torch.einsum("mad,mcd->ac", audio, captions) / (audio.shape[0] * tau)
+
+
+def full_split_similarity(audio: torch.Tensor, captions: torch.Tensor, block: int = 2048) -> np.ndarray:
+    """The ensemble's mean cosine for every (clip, caption) pair of a split, computed in caption blocks.
+
+    Memory stays at one (n_clips, block) slice per teacher on top of the float32 result: for
+    ClothoV2 development (3,839 x 19,195) the result is 295 MB and a block of 2,048 adds 31 MB.
+    """
+    n_teachers, n_clips, _ = audio.shape
+    out = np.empty((n_clips, captions.shape[1]), dtype=np.float32)
+    for start in range(0, captions.shape[1], block):
+        stop = min(start + block, captions.shape[1])
+        out[:, start:stop] = ensemble_logits(audio, captions[:, start:stop], 1.0).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- notebook 02's stage
+
+
+def embeddings_path(member_folder: Path, split: str = "train") -> Path:
+    return member_folder / f"embeddings_{split}.pt"
+
+
+def embed_members(profile: str, split: ClothoSplit, batch_size: int = 32, device: str = "cpu") -> list[Path]:
+    """Cache-or-compute each stage-1 member's embeddings of ``split`` with its best checkpoint."""
+    from salsa_lib import paths, stage1
+
+    done = []
+    for folder in member_folders(profile):
+        checkpoint = folder / "checkpoints" / "best.ckpt"
+        path = embeddings_path(folder, "train")
+        if path.exists() and not paths.force_recompute():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored["fingerprint"] == split_fingerprint(split) and stored["checkpoint_sha256"] == file_digest(checkpoint):
+                done.append(path)
+                continue
+        model, config = stage1.load_member(checkpoint)
+        embeddings = embed_split(model, split, config.eval_seconds, batch_size, device)
+        save_embeddings(path, embeddings, split, checkpoint, folder.name)
+        done.append(path)
+    return done
+
+
+def member_folders(profile: str, names: list[str] | None = None) -> list[Path]:
+    """The stage-1 members listed in stage1/members.json (or ``names`` of them); a missing one is an error."""
+    import json
+
+    from salsa_lib import stage1
+
+    listing = stage1.stage_dir(profile) / "members.json"
+    if not listing.exists():
+        raise ConfigError(f"{listing} is missing: train stage 1 first (notebook 01)")
+    listed = json.loads(listing.read_text())["members"]
+    chosen = listed if names is None else names
+    if not chosen:
+        raise ConfigError("the teacher list is empty: name at least one stage-1 member")
+    folders = [stage1.stage_dir(profile) / name for name in chosen]
+    missing = [f.name for f in folders if f.name not in listed or not (f / "checkpoints" / "best.ckpt").exists()]
+    if missing:
+        raise ConfigError(f"stage-1 member(s) {missing} not found under {stage1.stage_dir(profile)} "
+                          f"(trained members: {listed})")
+    return folders
+
+
+def estimate_quality(similarity: np.ndarray, truth) -> dict:
+    """How well scores recover the true correspondences: ROC-AUC and average precision over all pairs."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(truth.todense()).ravel().astype(bool)
+    scores = np.asarray(similarity, dtype=np.float64).ravel()
+    return {"ROC-AUC": float(roc_auc_score(labels, scores)), "AP": float(average_precision_score(labels, scores))}
+
+
+def identity_estimate(n_clips: int) -> np.ndarray:
+    """The stage-1 assumption as an estimate: caption j describes clip j // 5 and nothing else."""
+    estimate = np.zeros((n_clips, 5 * n_clips), dtype=np.float32)
+    estimate[np.repeat(np.arange(n_clips), 5), np.arange(5 * n_clips)] = 1.0
+    return estimate
