@@ -106,7 +106,7 @@ class DataConfig(StageConfig):
     dataset: str = "synthetic"  # synthetic (generated), clotho (ClothoV2.1 download), custom (yours)
     data_root: str = ""  # empty: data/<dataset>; for custom: a folder in the ClothoV2 layout
     synthetic_seed: int = 0  # synthetic set generator seed
-    n_train_clips: int = 300  # synthetic only: clips in development / validation / evaluation
+    n_train_clips: int = 250  # synthetic only: clips in development / validation / evaluation
     n_val_clips: int = 100
     n_test_clips: int = 100
     clip_seconds: float = 5.0  # synthetic only: clip duration

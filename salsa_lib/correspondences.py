@@ -15,17 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from salsa_lib.data import ClipDataset, ClothoSplit
+from salsa_lib.data import ClipDataset, ClothoSplit, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path
-
-
-def split_fingerprint(split: ClothoSplit) -> str:
-    """Identifies a split's clips and captions in order: teacher embeddings must match it exactly."""
-    digest = hashlib.sha256()
-    for name, captions in zip(split.file_names, split.captions):
-        digest.update("\x1f".join([name, *captions]).encode() + b"\x1e")
-    return digest.hexdigest()
 
 
 def file_digest(path: Path) -> str:
@@ -56,14 +48,17 @@ def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint
         torch.save(payload, tmp)
 
 
-def load_embeddings(path: Path, split: ClothoSplit) -> dict:
-    """A member's stored embeddings, refused with a clear message if they belong to other data."""
+def load_embeddings(path: Path, split: ClothoSplit, checkpoint: Path | None = None) -> dict:
+    """A member's stored embeddings, refused if they belong to other data (or another ``checkpoint``)."""
     if not path.exists():
         raise DataError(f"teacher embeddings {path} are missing: run notebook 02 (correspondences) first")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload["fingerprint"] != split_fingerprint(split):
         raise DataError(f"teacher embeddings {path} (member {payload['member']}) were computed on other data "
                         f"than the current {split.split} split (different clips, captions or order); recompute them")
+    if checkpoint is not None and payload["checkpoint_sha256"] != file_digest(checkpoint):
+        raise DataError(f"teacher embeddings {path} (member {payload['member']}) come from another checkpoint "
+                        f"than {checkpoint} (was the member retrained?); rerun notebook 02")
     n = split.n_clips
     if payload["audio"].shape[0] != n or payload["captions"].shape[0] != 5 * n:
         raise DataError(f"teacher embeddings {path}: {payload['audio'].shape[0]} clips / "

@@ -12,6 +12,7 @@ user can open the CSV and fix the exact cell.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import string
@@ -260,3 +261,11 @@ class ClipDataset(Dataset):
             raise IndexError(f"clip {i} out of range for {len(self)} clips")
         wave, audio_length = crop_or_pad(self.split.audio[i], self.n_samples)
         return {"audio": torch.from_numpy(wave), "audio_length": float(audio_length), "audio_idx": int(i)}
+
+
+def split_fingerprint(split: ClothoSplit) -> str:
+    """Identifies a split's clips and captions in order: whatever was computed from it must match."""
+    digest = hashlib.sha256()
+    for name, captions in zip(split.file_names, split.captions):
+        digest.update("\x1f".join([name, *captions]).encode() + b"\x1e")
+    return digest.hexdigest()

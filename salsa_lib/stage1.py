@@ -13,6 +13,7 @@ import torch
 
 from salsa_lib import paths, reports
 from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.data import split_fingerprint
 from salsa_lib.errors import ConfigError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.training import RetrievalModule, fit, make_loaders, train_or_reuse
@@ -42,16 +43,18 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True)
 
 def train_member(config: Stage1Config, member: int, train, val, progress: bool = True) -> dict:
     params = {**config.to_params(), "seed": config.seed + member}
+    # the data are part of the run's identity: a regenerated data set must not reuse old members
+    run = {**params, "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
 
-    def run() -> dict:
+    def fit_run() -> dict:
         pl.seed_everything(params["seed"], workers=True, verbose=False)
         member_config = Stage1Config.from_params(params)
         train_set, train_loader, val_loader = make_loaders(member_config, train, val)
-        module = RetrievalModule(params, steps_per_epoch=len(train_loader))
+        module = RetrievalModule(params, steps_per_epoch=len(train_loader), run=run)
         module.val_captions = val.captions
         return fit(module, member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
 
-    return train_or_reuse(member_dir(config.profile, member), params, run)
+    return train_or_reuse(member_dir(config.profile, member), run, fit_run)
 
 
 def load_member(checkpoint: str | Path):

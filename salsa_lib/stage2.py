@@ -15,6 +15,7 @@ import torch
 
 from salsa_lib import correspondences, paths, reports, stage1
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
+from salsa_lib.data import split_fingerprint
 from salsa_lib.losses import contrastive_loss, distillation_loss
 from salsa_lib.training import RetrievalModule, checkpoint_hparams, fit, make_loaders, train_or_reuse
 
@@ -56,11 +57,13 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> dict
     init_folder = stage1.member_dir(config.profile, config.init_member)
     correspondences.member_folders(config.profile, [init_folder.name])  # exists and is listed
     teachers = correspondences.member_folders(config.profile, teacher_names(config))
-    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split) for f in teachers]
+    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split,
+                                                f / "checkpoints" / "best.ckpt") for f in teachers]
     init_checkpoint = init_folder / "checkpoints" / "best.ckpt"
     run = {**config.to_params(), "teacher_members": [f.name for f in teachers],
            "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
-           "init_checkpoint": correspondences.file_digest(init_checkpoint)}
+           "init_checkpoint": correspondences.file_digest(init_checkpoint),
+           "data": {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split)}}
 
     def fit_run() -> dict:
         pl.seed_everything(config.seed, workers=True, verbose=False)

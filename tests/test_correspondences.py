@@ -75,6 +75,10 @@ def test_stored_embeddings_must_match_the_split(tmp_path):
         corr.load_embeddings(path, _split(text="rain falls"))
     with pytest.raises(DataError, match="missing"):
         corr.load_embeddings(tmp_path / "nope.pt", split)
+    assert corr.load_embeddings(path, split, checkpoint)["member"] == "member0"
+    checkpoint.write_bytes(b"retrained weights")
+    with pytest.raises(DataError, match="another checkpoint"):
+        corr.load_embeddings(path, split, checkpoint)
 
 
 def test_teacher_lists_are_checked():

@@ -106,3 +106,13 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
 class _CodeRunner:
     def __reduce__(self):
         return (print, ("this must never run",))
+
+
+def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
+    _train(tiny_stage1)
+    data = datasets.load_data_config("test").replace(synthetic_seed=1)  # a different data set, same params
+    datasets.fetch(data, progress=False)
+    datasets.load_splits(data, progress=False)
+    datasets.save_data_config(data)
+    _train(tiny_stage1)
+    assert (stage1.stage_dir("test") / ".previous" / "member0" / "run.json").exists()

@@ -68,7 +68,8 @@ def test_distillation_module_loss_uses_the_batch_items_teachers(trained):
     payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train)
                 for f in correspondences.member_folders("test")]
     audio, captions = correspondences.stack_teachers(payloads)
-    params = json.loads((stage1.member_dir("test", 0) / "run.json").read_text())["run"]
+    run = json.loads((stage1.member_dir("test", 0) / "run.json").read_text())["run"]
+    params = {k: v for k, v in run.items() if k != "data"}
     module = stage2.DistillationModule(params, 4, params, audio, captions, sup_weight=0.5, distill_weight=1.0)
     batch = {"audio_idx": torch.tensor([3, 0, 3, 7]), "idx": torch.tensor([15, 2, 19, 36])}
     logits = torch.randn(4, 4)
