@@ -41,7 +41,11 @@ class DistillationModule(RetrievalModule):
 
 
 def run_dir(config: Stage2Config) -> Path:
-    return paths.results_dir(config.profile) / "stage2" / f"{config.teachers}_from_member{config.init_member}"
+    """One folder per teacher set, initial member and loss weights (so a control run keeps its own)."""
+    name = f"{config.teachers}_from_member{config.init_member}"
+    if (config.sup_weight, config.distill_weight) != (0.0, 1.0):
+        name += f"_sup{config.sup_weight:g}_dist{config.distill_weight:g}"
+    return paths.results_dir(config.profile) / "stage2" / name
 
 
 def teacher_names(config: Stage2Config) -> list[str] | None:
@@ -83,17 +87,20 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> dict
     return train_or_reuse(run_dir(config), run, fit_run)
 
 
-def comparison_table(config: Stage2Config, record: dict) -> pd.DataFrame:
-    """Validation metrics of the stage-1 members and of this stage-2 model, side by side."""
+def comparison_table(config: Stage2Config) -> pd.DataFrame:
+    """Validation metrics of the stage-1 members and of every stage-2 run of the profile, side by side."""
     import json
 
     rows = []
     for folder in correspondences.member_folders(config.profile):
         member = json.loads((folder / "run.json").read_text())
-        rows.append({"stage": 1, "model": folder.name, "seed": member["run"]["seed"],
-                     "checkpoint": "best", **member["val"]})
-    rows.append({"stage": 2, "model": run_dir(config).name, "seed": config.seed, "checkpoint": "best",
-                 **record["val"]})
+        rows.append({"stage": 1, "model": folder.name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
+                     "seed": member["run"]["seed"], "checkpoint": "best", **member["val"]})
+    for record_path in sorted((paths.results_dir(config.profile) / "stage2").glob("*/run.json")):
+        run = json.loads(record_path.read_text())
+        rows.append({"stage": 2, "model": record_path.parent.name, "teachers": "+".join(run["run"]["teacher_members"]),
+                     "sup_weight": run["run"]["sup_weight"], "distill_weight": run["run"]["distill_weight"],
+                     "seed": run["run"]["seed"], "checkpoint": "best", **run["val"]})
     table = pd.DataFrame(rows)
     reports.write_table(table, config.profile, "stage2_vs_stage1_validation")
     return table

@@ -41,8 +41,9 @@ def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypat
         stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt")
     student, student_config = stage1.load_member(stage2.run_dir(config) / "checkpoints" / "best.ckpt")
     assert student_config.seed == config.seed and student_config.passt_width == 64  # architecture from stage 1
-    table = stage2.comparison_table(config, record)
+    table = stage2.comparison_table(config)
     assert list(table.stage) == [1, 1, 2] and table["mAP@10"].between(0, 1).all()
+    assert table.teachers.iloc[-1] == "member0+member1"
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
@@ -58,6 +59,8 @@ def test_self_distillation_uses_only_the_initial_member(trained):
     record = stage2.train(config, data, progress=False)
     assert record["run"]["teacher_members"] == ["member1"]
     assert stage2.run_dir(config).name == "self_from_member1"
+    control = Stage2Config(init_member=1, sup_weight=1.0, distill_weight=0.0, **STAGE2)
+    assert stage2.run_dir(control).name == "ensemble_from_member1_sup1_dist0"
     with pytest.raises(ConfigError, match="member5"):
         stage2.train(Stage2Config(teachers="self", init_member=5, **STAGE2), data, progress=False)
 
