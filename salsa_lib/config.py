@@ -253,6 +253,29 @@ class Stage2Config(StageConfig):
         Stage1Config(**{k: v for k, v in self.to_params().items() if k in Stage1Config.field_names()})
 
 
+@dataclass(frozen=True)
+class EvaluationConfig(StageConfig):
+    """Notebook 04: evaluate every trained model on the test split (spec 9, 10)."""
+
+    profile: str = "tiny"
+    split: str = "test"  # test (ClothoV2 evaluation) or val
+    batch_size: int = 32  # clips or captions per forward pass
+    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    n_example_queries: int = 4  # queries shown with their top results
+    top_k: int = 5  # results shown per example query
+    released_checkpoint: str = ""  # path of the released passt_roberta.ckpt under the project root; empty: skip
+    trust_released_pickle: bool = False  # True: unpickle it fully (weights_only off); trusted source only
+
+    def validate(self) -> None:
+        if self.split not in ("test", "val"):
+            raise ConfigError(f"split={self.split!r}; choose test or val")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}; choose auto, cpu or cuda")
+        for name in ("batch_size", "n_example_queries", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -266,13 +289,14 @@ class Profile:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def stage_configs(self) -> dict[str, StageConfig]:
         return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
 
 
 # notebook file stem prefix -> Profile attribute holding that notebook's config
-NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2"}
+NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation"}
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -300,6 +324,8 @@ PROFILES: dict[str, Profile] = {
             lr_audio_projection=2e-5, lr_text_projection=2e-5, precision="16-mixed", accelerator="gpu",
             num_workers=8,
         ),
+        evaluation=EvaluationConfig(profile="clotho", batch_size=64, device="cuda",
+                                    released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
     ),
 }
 

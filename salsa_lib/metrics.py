@@ -29,13 +29,15 @@ def chance_multi_map_at_k(n_relevant: np.ndarray, n_candidates: int, k: int = 10
 
 
 def ranks_of_relevant(similarity: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's relevant candidate; ties are broken in the candidate's favour.
+    """1-based rank of each query's relevant candidate; ties count against it (pessimistic).
 
-    ``similarity`` is (queries, candidates); ``relevant[q]`` is the column of query q's one relevant item.
+    ``similarity`` is (queries, candidates); ``relevant[q]`` is the column of query q's one relevant
+    item. Pessimistic ties mean a model that scores everything alike gets chance-level or worse
+    metrics, never perfect ones.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     own = similarity[np.arange(len(similarity)), relevant]
-    return 1 + (similarity > own[:, None]).sum(axis=1)
+    return (similarity >= own[:, None]).sum(axis=1)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks=(1, 5, 10), map_k: int = 10) -> dict[str, float]:
@@ -53,3 +55,30 @@ def text_to_audio_metrics(caption_embeddings, audio_embeddings, caption_audio: n
     """
     similarity = np.asarray(caption_embeddings) @ np.asarray(audio_embeddings).T
     return metrics_from_ranks(ranks_of_relevant(similarity, np.asarray(caption_audio)))
+
+
+def audio_to_text_ranks(similarity: np.ndarray, caption_audio: np.ndarray) -> np.ndarray:
+    """Audio queries over all captions: rank of the best-ranked caption of the query's own clip.
+
+    ``similarity`` is (captions, clips) as for text-to-audio; ties count against the query.
+    """
+    scores = np.asarray(similarity, dtype=np.float64).T  # (clips, captions)
+    own = np.asarray(caption_audio)[None, :] == np.arange(scores.shape[0])[:, None]
+    best_own = np.where(own, scores, -np.inf).max(axis=1)
+    return (np.where(own, -np.inf, scores) >= best_own[:, None]).sum(axis=1) + 1
+
+
+def multi_relevance_map_at_k(similarity: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
+    """mAP@k counting every truly matching clip as relevant (synthetic benchmark).
+
+    ``relevant`` is a boolean (queries, candidates) matrix; AP@k = sum_{r<=k} P@r rel_r / min(m, k)
+    with m the query's number of relevant clips. Ties are broken against relevant clips.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    # sort by score descending; among equal scores put irrelevant candidates first (pessimistic)
+    order = np.lexsort((relevant, -similarity), axis=1)[:, :k]
+    hits = np.take_along_axis(relevant, order, axis=1)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    n_relevant = np.minimum(relevant.sum(axis=1), k)
+    return float(np.mean((precision * hits).sum(axis=1) / np.maximum(n_relevant, 1)))

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from torchmetrics.functional.retrieval import retrieval_average_precision
 from torchmetrics.retrieval import RetrievalMAP, RetrievalRecall
 
-from salsa_lib.metrics import (chance_map_at_k, chance_multi_map_at_k, metrics_from_ranks, ranks_of_relevant,
-                               text_to_audio_metrics)
+from salsa_lib.metrics import (audio_to_text_ranks, chance_map_at_k, chance_multi_map_at_k, metrics_from_ranks,
+                               multi_relevance_map_at_k, ranks_of_relevant, text_to_audio_metrics)
 
 
 def _torchmetrics(similarity, relevant):
@@ -43,11 +44,40 @@ def test_hand_made_ranks():
     assert out["R@1"] == pytest.approx(1 / 3) and out["R@5"] == 1.0
 
 
-def test_rank_beyond_ten_scores_zero_and_ties_favour_the_relevant_item():
+def test_rank_beyond_ten_scores_zero_and_ties_count_against_the_relevant_item():
     assert metrics_from_ranks(np.array([11]))["mAP@10"] == 0.0
     assert metrics_from_ranks(np.array([10]))["mAP@10"] == pytest.approx(0.1)
-    tied = np.array([[0.5, 0.5, 0.5]])
-    assert list(ranks_of_relevant(tied, np.array([2]))) == [1]
+    tied = np.array([[0.5, 0.5, 0.5], [0.9, 0.5, 0.5]])
+    assert list(ranks_of_relevant(tied, np.array([0, 1]))) == [3, 3]
+    constant = np.zeros((20, 20))  # a model that scores everything alike must not look perfect
+    assert metrics_from_ranks(ranks_of_relevant(constant, np.arange(20)))["R@10"] == 0.0
+
+
+def test_audio_to_text_best_own_caption():
+    # 2 clips, 4 captions (2 per clip here); similarity is (captions, clips)
+    similarity = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.2, 0.6]])
+    caption_audio = np.array([0, 0, 1, 1])
+    # clip 0: captions score .1 .8 .3 .2 -> its best own (.8) is rank 1; clip 1: .9 .2 .7 .6 -> own best .7, rank 2
+    assert list(audio_to_text_ranks(similarity, caption_audio)) == [1, 2]
+
+
+def test_multi_relevance_map_by_hand_and_against_torchmetrics():
+    similarity = np.array([[0.9, 0.8, 0.7, 0.1], [0.4, 0.3, 0.2, 0.1]])
+    relevant = np.array([[True, False, True, False], [False, False, False, True]])
+    # query 0: hits at ranks 1 and 3 -> (1 + 2/3) / 2; query 1: hit at rank 4 -> 1/4
+    assert multi_relevance_map_at_k(similarity, relevant) == pytest.approx(((1 + 2 / 3) / 2 + 0.25) / 2)
+    rng = np.random.default_rng(5)
+    sim, rel = rng.normal(size=(30, 40)), rng.random((30, 40)) < 0.1
+    rel[np.arange(30), rng.integers(0, 40, 30)] = True
+    # torchmetrics averages precision over the relevant items found in the top 10; our AP@10 divides by
+    # min(m, 10) instead (a query that finds 1 of its 5 relevant clips is not perfect), so rescale
+    expected = []
+    for q in range(30):
+        preds = torch.tensor(sim[q] - sim.min() + 1.0)
+        found = int(torch.tensor(rel[q])[preds.topk(10).indices].sum())
+        ap = float(retrieval_average_precision(preds, torch.tensor(rel[q]), top_k=10))
+        expected.append(ap * found / min(rel[q].sum(), 10))
+    assert multi_relevance_map_at_k(sim, rel) == pytest.approx(np.mean(expected), abs=1e-6)
 
 
 def test_text_to_audio_protocol_with_five_captions_per_clip():

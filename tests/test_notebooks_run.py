@@ -40,9 +40,14 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(quality.estimate) == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
     comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
     assert list(comparison.stage) == [1, 1, 2]
+    evaluated = pd.read_csv(results / "metrics.csv")
+    assert list(evaluated.model) == ["member0", "member1", "ensemble_from_member0"]
+    assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
+    assert (results / "tables" / "04_example_queries.csv").exists()
     for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
                    "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
-                   "02_estimate_quality", "02_example_correspondences", "03_stage2_curves"):
+                   "02_estimate_quality", "02_example_correspondences", "03_stage2_curves",
+                   "04_stage1_vs_stage2", "04_rank_histogram"):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
 
     assert runner.main(argv) == 0  # everything current: nothing reruns

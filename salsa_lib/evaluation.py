@@ -1,0 +1,163 @@
+"""Evaluation on the ClothoV2 protocol (spec section 9) and the tables and figures of notebook 04.
+
+Every caption of the split queries all its clips; its own clip is the one relevant item (mAP@10,
+R@1/5/10). We add audio-to-text R@k and, on the synthetic benchmark, mAP@10 counting every truly
+matching clip as relevant. ``python -m salsa_lib.evaluation`` evaluates any checkpoint on any data
+set in the ClothoV2 layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salsa_lib import metrics
+from salsa_lib.data import ClothoSplit
+
+METRICS = ["mAP@10", "R@1", "R@5", "R@10"]
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model on one split, kept for the tables (metrics) and figures (ranks, top-5)."""
+
+    metrics: dict[str, float]
+    similarity: np.ndarray  # (captions, clips) cosine similarities
+    ranks: np.ndarray  # rank of each caption's own clip
+
+
+def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, device: str = "cpu",
+             truth=None) -> Evaluation:
+    """Embed the split once in eval mode and compute all metrics; ``truth`` (clips x captions) adds multi-relevance."""
+    from salsa_lib.correspondences import embed_split
+
+    embeddings = embed_split(model, split, seconds, batch_size, device)
+    similarity = (embeddings["captions"] @ embeddings["audio"].T).numpy()
+    caption_audio = np.repeat(np.arange(split.n_clips), 5)
+    ranks = metrics.ranks_of_relevant(similarity, caption_audio)
+    result = metrics.metrics_from_ranks(ranks)
+    audio_ranks = metrics.audio_to_text_ranks(similarity, caption_audio)
+    result.update({f"A2T R@{k}": float((audio_ranks <= k).mean()) for k in (1, 5, 10)})
+    if truth is not None:
+        result["multi mAP@10"] = metrics.multi_relevance_map_at_k(similarity, np.asarray(truth.todense()).T)
+    return Evaluation(result, similarity, ranks)
+
+
+def mean_and_std(table: pd.DataFrame, by: list[str], columns=METRICS) -> pd.DataFrame:
+    """Mean ± std over seeds, in percent, as the paper reports them."""
+    grouped = table.groupby(by)[columns]
+    out = grouped.mean().mul(100).round(2).astype(str) + " ± " + grouped.std(ddof=0).mul(100).round(2).astype(str)
+    return out.assign(seeds=grouped.size()).reset_index()
+
+
+def top_k_examples(evaluation: Evaluation, split: ClothoSplit, queries, k: int = 5, truth=None) -> pd.DataFrame:
+    """For each query caption, its top-k clips with ✓ (its own clip) / ✗, and truly-matching flags."""
+    rows = []
+    for q in queries:
+        for rank, clip in enumerate(np.argsort(-evaluation.similarity[q])[:k], start=1):
+            row = {"query": split.caption(int(q)), "rank": rank, "file_name": split.file_names[clip],
+                   "score": float(evaluation.similarity[q, clip]), "associated": "✓" if clip == q // 5 else "✗"}
+            if truth is not None:
+                row["truly matches"] = "yes" if truth[clip, q] else "no"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def models_to_evaluate(profile: str) -> list[dict]:
+    """Every trained model of the profile (best-validation checkpoints), described for metrics.csv."""
+    from salsa_lib import paths, stage1
+
+    models = []
+    listing = stage1.stage_dir(profile) / "members.json"
+    for name in json.loads(listing.read_text())["members"] if listing.exists() else []:
+        run = json.loads((stage1.stage_dir(profile) / name / "run.json").read_text())["run"]
+        models.append({"stage": 1, "model": name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
+                       "seed": run["seed"], "checkpoint": stage1.stage_dir(profile) / name / "checkpoints" / "best.ckpt"})
+    for record in sorted((paths.results_dir(profile) / "stage2").glob("*/run.json")):
+        run = json.loads(record.read_text())["run"]
+        models.append({"stage": 2, "model": record.parent.name, "teachers": "+".join(run["teacher_members"]),
+                       "sup_weight": run["sup_weight"], "distill_weight": run["distill_weight"],
+                       "seed": run["seed"], "checkpoint": record.parent / "checkpoints" / "best.ckpt"})
+    return models
+
+
+def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_size: int, device: str,
+                     truth=None, released=None) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
+    """Evaluate every trained model (and the released checkpoint, if given) and write metrics.csv."""
+    from salsa_lib import paths, stage1
+    from salsa_lib.correspondences import file_digest
+    from salsa_lib.files import atomic_write_csv
+
+    rows, evaluations = [], {}
+    models = models_to_evaluate(profile)
+    if released is not None:
+        path, model, config = released
+        models.append({"stage": "released", "model": "passt_roberta.ckpt", "teachers": "", "sup_weight": None,
+                       "distill_weight": None, "seed": None, "checkpoint": Path(path), "loaded": (model, config)})
+    for entry in models:
+        model, config = entry.pop("loaded", None) or stage1.load_member(entry["checkpoint"])
+        evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth)
+        evaluations[entry["model"]] = evaluation
+        rows.append({**entry, "checkpoint": _relative(entry["checkpoint"], paths.project_root()),
+                     "checkpoint_sha256": file_digest(entry["checkpoint"])[:16], "selected_by": "best val mAP@10",
+                     "split": split_name, "clips": split.n_clips, **evaluation.metrics})
+    table = pd.DataFrame(rows)
+    atomic_write_csv(paths.results_dir(profile) / "metrics.csv", table)
+    return table, evaluations
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def paper_reference() -> pd.DataFrame:
+    """The paper's README numbers (spec 10.1), with their source, in percent."""
+    return pd.read_csv(Path(__file__).parent / "reference" / "paper_results.csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate a checkpoint on a ClothoV2-layout folder and print (or save) the metrics."""
+    from salsa_lib import datasets, stage1
+    from salsa_lib.config import DataConfig
+    from salsa_lib.errors import SalsaError
+    from salsa_lib.files import atomic_write_json
+
+    parser = argparse.ArgumentParser(prog="python -m salsa_lib.evaluation", description=main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a best.ckpt of stage 1 or 2")
+    parser.add_argument("--data-root", required=True, help="a folder in the ClothoV2 layout")
+    parser.add_argument("--split", default="evaluation", help="split folder name (default: evaluation)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-bad-clips", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        model, config = stage1.load_member(args.checkpoint)
+        data = DataConfig(dataset="custom", data_root=args.data_root, skip_bad_clips=args.skip_bad_clips)
+        location = datasets.locate(data)
+        from salsa_lib.data import load_split
+
+        split = load_split(location.root, args.split, cache_dir=location.cache_dir, skip_bad_clips=args.skip_bad_clips)
+        result = evaluate(model, split, config.eval_seconds, args.batch_size, args.device).metrics
+    except SalsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    result = {"checkpoint": str(args.checkpoint), "data_root": str(location.root), "split": args.split,
+              "clips": split.n_clips, **result}
+    if args.json:
+        atomic_write_json(args.json, result)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Evaluation: metrics.csv over all trained models, tables, examples, and the command line."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salsa_lib import datasets, evaluation, stage1
+from salsa_lib.evaluation import Evaluation
+
+
+def test_mean_and_std_in_percent():
+    table = pd.DataFrame({"stage": [1, 1, 2], "mAP@10": [0.1, 0.2, 0.3], "R@1": [0.0, 0.1, 0.2],
+                          "R@5": [0.5, 0.5, 0.5], "R@10": [1.0, 1.0, 1.0]})
+    out = evaluation.mean_and_std(table, by=["stage"]).set_index("stage")
+    assert out.loc[1, "mAP@10"] == "15.0 ± 5.0" and out.loc[1, "seeds"] == 2
+    assert out.loc[2, "R@1"] == "20.0 ± 0.0"
+
+
+def test_top_k_examples_mark_the_associated_clip():
+    split = type("Split", (), {"file_names": ["a.wav", "b.wav"], "caption": lambda self, i: f"caption {i}"})()
+    similarity = np.zeros((10, 2))
+    similarity[3] = [0.9, 0.1]  # caption 3 belongs to clip 0 (3 // 5) and ranks it first
+    similarity[7] = [0.8, 0.2]  # caption 7 belongs to clip 1 but ranks clip 0 first
+    result = Evaluation({}, similarity, np.ones(10))
+    truth = np.zeros((2, 10), dtype=bool)
+    truth[0, 7] = True
+    table = evaluation.top_k_examples(result, split, [3, 7], k=2, truth=truth)
+    assert list(table.associated) == ["✓", "✗", "✗", "✓"]
+    assert list(table["truly matches"]) == ["no", "no", "yes", "no"]
+
+
+@pytest.mark.slow
+def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, capsys):
+    data = datasets.load_data_config("test")
+    stage1.train_members(tiny_stage1.replace(members=2), data, progress=False)
+    test = datasets.load_splits(data, ("test",), progress=False)["test"]
+    from salsa_lib import synth
+
+    truth = synth.load_truth(datasets.locate(data).root, "evaluation")
+    table, evaluations = evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth)
+    written = pd.read_csv(tiny_home / "results/test/metrics.csv")
+    assert list(written.model) == ["member0", "member1"] and set(evaluations) == {"member0", "member1"}
+    assert (written.selected_by == "best val mAP@10").all() and (written.split == "test").all()
+    for column in ["mAP@10", "R@1", "R@5", "R@10", "A2T R@1", "multi mAP@10"]:
+        assert written[column].between(0, 1).all()
+    assert (written["multi mAP@10"] >= 0).all() and len(evaluations["member0"].ranks) == 20
+
+    checkpoint = stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt"
+    out = tmp_path / "m.json"
+    argv = ["--checkpoint", str(checkpoint), "--data-root", str(datasets.locate(data).root), "--json", str(out)]
+    assert evaluation.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["clips"] == 4 and result["mAP@10"] == pytest.approx(written.loc[0, "mAP@10"])
+    assert evaluation.main(["--checkpoint", str(tmp_path / "nope.ckpt"), "--data-root", str(tmp_path)]) == 1
+    assert "does not exist" in capsys.readouterr().err

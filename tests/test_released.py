@@ -1,0 +1,178 @@
+"""Loading the authors' released checkpoint, checked on a fake one of the same layout but tiny shapes."""
+
+import pathlib
+
+import pytest
+import torch
+
+from salsa_lib.config import Stage1Config
+from salsa_lib.errors import ConfigError
+from salsa_lib.model import build_dual_encoder
+from salsa_lib.released import (RELEASED_CONFIG, load_released_checkpoint, map_released_state_dict,
+                                released_hyperparameters)
+
+TINY = Stage1Config(passt_width=64, passt_depth=1, passt_heads=2, embed_dim=32, window_seconds=1.0,
+                    train_seconds=1.0, eval_seconds=1.0)
+
+# our name -> the name in the authors' Lightning module (written out here, not taken from the module)
+LAYOUT = [("audio_encoder.passt.", "audio_embedding_model.model.model."),
+          ("text_encoder.model.", "sentence_embedding_model."),
+          ("project_audio.", "project_audio.0."),
+          ("project_text.", "project_sentence.0.")]
+EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8),
+          "audio_output_projection.0.weight": torch.zeros(4, 4), "posencode.pe": torch.zeros(10, 8),
+          "audio_sequence.layers.0.weight": torch.zeros(4, 4),
+          "sentence_embedding_model.embeddings.position_ids": torch.arange(512)[None]}
+
+
+class TrainingOptions:
+    """Stands for an object the authors' config may pickle (Lightning saves hparams as given)."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+
+class Payload:
+    """A pickle that runs code when loaded: touches a marker file (harmless stand-in for os.system)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def to_released(state_dict):
+    released = {}
+    for key, value in state_dict.items():
+        if key == "tau":
+            released["tau"] = value.reshape(1)  # stored as a (1,) parameter: the loader must accept it
+            continue
+        ours, theirs = next((o, t) for o, t in LAYOUT if key.startswith(o))
+        released[theirs + key[len(ours):]] = value.clone()
+    return released
+
+
+@pytest.fixture(scope="module")
+def original():
+    torch.manual_seed(0)
+    return build_dual_encoder(TINY).eval()
+
+
+@pytest.fixture
+def released(original):
+    state = to_released(original.state_dict())
+    state.update(EXTRAS)
+    for name, buffer in original.audio_encoder.mel.named_buffers():  # saved by older hear21passt
+        state[f"audio_embedding_model.model.model.mel.{name}"] = buffer.clone()
+    return state
+
+
+def save(tmp_path, state_dict, hyper_parameters=None, name="passt_roberta.ckpt"):
+    path = tmp_path / name
+    torch.save({"state_dict": state_dict, "epoch": 3,
+                "hyper_parameters": hyper_parameters or {"lr": 2e-5, "tau": 0.05}}, path)
+    return path
+
+
+def test_released_config_is_the_paper_architecture():
+    assert RELEASED_CONFIG.profile == "clotho"
+    assert RELEASED_CONFIG.audio_encoder == "passt_s_p16_s16_128_ap468" and not RELEASED_CONFIG.pretrained_audio
+    assert (RELEASED_CONFIG.text_encoder, RELEASED_CONFIG.window_seconds, RELEASED_CONFIG.embed_dim,
+            RELEASED_CONFIG.text_trainable_layers) == ("roberta-large", 10.0, 1024, -1)
+
+
+def test_map_renames_and_drops(released, original):
+    mapped = map_released_state_dict(released)
+    assert set(mapped) == set(original.state_dict())
+    assert mapped["tau"].shape == () and torch.equal(mapped["project_text.weight"],
+                                                     original.project_text.weight.detach())
+
+
+def test_map_rejects_changed_mel_buffers(released):
+    released["audio_embedding_model.model.model.mel.window"] = torch.ones(800)
+    with pytest.raises(ConfigError, match="mel.window"):
+        map_released_state_dict(released)
+
+
+def test_load_reproduces_the_model(tmp_path, released, original):
+    loaded = load_released_checkpoint(save(tmp_path, released), TINY)
+    assert not loaded.training
+    ours, theirs = loaded.state_dict(), original.state_dict()
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    waveform = torch.randn(2, 32000, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        assert torch.equal(loaded.embed_text(["a dog barks twice"]), original.embed_text(["a dog barks twice"]))
+        assert torch.equal(loaded.embed_audio(waveform, lengths), original.embed_audio(waveform, lengths))
+    assert released_hyperparameters(tmp_path / "passt_roberta.ckpt") == {"lr": 2e-5, "tau": 0.05}
+
+
+def test_unknown_keys_are_listed_by_their_released_names(tmp_path, released):
+    released["audio_embedding_model.model.model.blocks.0.extra"] = torch.zeros(3)
+    released["something_else.weight"] = torch.zeros(3)
+    with pytest.raises(ConfigError) as err:
+        load_released_checkpoint(save(tmp_path, released), TINY)
+    assert "audio_embedding_model.model.model.blocks.0.extra" in str(err.value)
+    assert "something_else.weight" in str(err.value)
+    with pytest.raises(ConfigError, match="something_else.weight"):
+        map_released_state_dict(released)
+
+
+def test_missing_key_is_named(tmp_path, released):
+    del released["project_sentence.0.weight"]
+    with pytest.raises(ConfigError, match="missing") as err:
+        load_released_checkpoint(save(tmp_path, released), TINY)
+    assert "project_text.weight" in str(err.value) and "project_sentence.0.weight" in str(err.value)
+
+
+def test_classifier_heads_may_be_absent(tmp_path, released):
+    for key in [k for k in released if ".model.model.head." in k]:
+        del released[key]
+    assert load_released_checkpoint(save(tmp_path, released), TINY) is not None
+
+
+def test_shape_mismatch_names_key_and_both_shapes(tmp_path, released):
+    released["project_audio.0.weight"] = torch.zeros(32, 65)
+    with pytest.raises(ConfigError) as err:
+        load_released_checkpoint(save(tmp_path, released), TINY)
+    message = str(err.value)
+    assert "project_audio.weight" in message and "(32, 65)" in message and "(32, 64)" in message
+
+
+def test_pickled_objects_need_trust_pickle(tmp_path, released):
+    path = save(tmp_path, released, {"options": TrainingOptions(2e-5)})
+    with pytest.raises(ConfigError, match="trust_pickle=True"):
+        load_released_checkpoint(path, TINY)
+    with pytest.raises(ConfigError, match="trust_pickle"):
+        released_hyperparameters(path)
+    assert load_released_checkpoint(path, TINY, trust_pickle=True) is not None
+    assert released_hyperparameters(path, trust_pickle=True)["options"].lr == 2e-5
+
+
+def test_code_in_the_pickle_does_not_run(tmp_path, released):
+    marker = tmp_path / "pwned"
+    path = save(tmp_path, released, {"payload": Payload(marker)})
+    with pytest.raises(ConfigError, match="trust_pickle"):
+        load_released_checkpoint(path, TINY)
+    with pytest.raises(ConfigError):
+        released_hyperparameters(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: an unsafe load does run it
+    assert marker.exists()
+
+
+def test_missing_and_broken_files(tmp_path):
+    missing = tmp_path / "checkpoints" / "passt_roberta.ckpt"
+    with pytest.raises(ConfigError, match="data/checkpoints/passt_roberta.ckpt") as err:
+        load_released_checkpoint(missing, TINY)
+    assert str(missing) in str(err.value)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"<html>not found</html>")
+    with pytest.raises(ConfigError, match="not a PyTorch checkpoint"):
+        load_released_checkpoint(broken, TINY)
+    torch.save({"weights": {}}, tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="state_dict"):
+        released_hyperparameters(tmp_path / "plain.pt")
