@@ -276,6 +276,22 @@ class EvaluationConfig(StageConfig):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class DemoConfig(StageConfig):
+    """Notebook 05: type a query, listen to the top results (headless: runs example queries)."""
+
+    profile: str = "tiny"
+    model: str = ""  # a name from the model menu; empty: the first (stage 2 when trained)
+    audio_dir: str = ""  # an extra folder of sounds to search besides the test split
+    top_k: int = 5  # results per query
+    queries: str = ""  # example queries separated by semicolons; empty: captions of test clips
+    n_example_queries: int = 3
+
+    def validate(self) -> None:
+        if self.top_k < 1 or self.n_example_queries < 1:
+            raise ConfigError(f"top_k and n_example_queries must be >= 1, got {self.top_k}, {self.n_example_queries}")
+
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -290,13 +306,14 @@ class Profile:
     correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
     def stage_configs(self) -> dict[str, StageConfig]:
         return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
 
 
 # notebook file stem prefix -> Profile attribute holding that notebook's config
-NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation"}
+NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation", "05": "demo"}
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -326,6 +343,7 @@ PROFILES: dict[str, Profile] = {
         ),
         evaluation=EvaluationConfig(profile="clotho", batch_size=64, device="cuda",
                                     released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
+        demo=DemoConfig(profile="clotho"),
     ),
 }
 

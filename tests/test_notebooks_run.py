@@ -44,6 +44,8 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(evaluated.model) == ["member0", "member1", "ensemble_from_member0"]
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
     assert (results / "tables" / "04_example_queries.csv").exists()
+    demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")
+    assert len(demo_queries) == 3 * 4 and set(demo_queries["rank"]) == {1, 2, 3, 4}  # 3 queries, top 5 of 4 clips
     for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
                    "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
                    "02_estimate_quality", "02_example_correspondences", "03_stage2_curves",
