@@ -8,23 +8,19 @@ Headless (papermill) the same ``QueryDemo.query`` runs the example queries and r
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from salsa_lib import datasets, paths, retrieval, stage1
+from salsa_lib import datasets, retrieval, stage1
 
 
 def available_models(profile: str) -> dict[str, Path]:
     """Best checkpoints of the profile's trained models, stage 2 first (the demo's default)."""
-    models = {}
-    for record in sorted((paths.results_dir(profile) / "stage2").glob("*/run.json")):
-        models[f"stage 2: {record.parent.name}"] = record.parent / "checkpoints" / "best.ckpt"
-    listing = stage1.stage_dir(profile) / "members.json"
-    for name in json.loads(listing.read_text())["members"] if listing.exists() else []:
-        models[f"stage 1: {name}"] = stage1.stage_dir(profile) / name / "checkpoints" / "best.ckpt"
-    return models
+    from salsa_lib.evaluation import models_to_evaluate
+
+    entries = sorted(models_to_evaluate(profile), key=lambda entry: -entry["stage"])
+    return {f"stage {e['stage']}: {e['model']}": Path(e["checkpoint"]) for e in entries}
 
 
 def caption_owners(root: Path, split: str) -> dict[str, str]:

@@ -91,16 +91,12 @@ def comparison_table(config: Stage2Config) -> pd.DataFrame:
     """Validation metrics of the stage-1 members and of every stage-2 run of the profile, side by side."""
     import json
 
+    from salsa_lib.evaluation import models_to_evaluate
+
     rows = []
-    for folder in correspondences.member_folders(config.profile):
-        member = json.loads((folder / "run.json").read_text())
-        rows.append({"stage": 1, "model": folder.name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
-                     "seed": member["run"]["seed"], "checkpoint": "best", **member["val"]})
-    for record_path in sorted((paths.results_dir(config.profile) / "stage2").glob("*/run.json")):
-        run = json.loads(record_path.read_text())
-        rows.append({"stage": 2, "model": record_path.parent.name, "teachers": "+".join(run["run"]["teacher_members"]),
-                     "sup_weight": run["run"]["sup_weight"], "distill_weight": run["run"]["distill_weight"],
-                     "seed": run["run"]["seed"], "checkpoint": "best", **run["val"]})
+    for entry in models_to_evaluate(config.profile):
+        record = json.loads((Path(entry["checkpoint"]).parent.parent / "run.json").read_text())
+        rows.append({**{k: v for k, v in entry.items() if k != "checkpoint"}, "checkpoint": "best", **record["val"]})
     table = pd.DataFrame(rows)
     reports.write_table(table, config.profile, "stage2_vs_stage1_validation")
     return table
