@@ -361,6 +361,6 @@ def _write_clips(handle, clips, sample_rate: int, skip_bad: bool) -> dict:
 
 def _remove_old_arrays(cache_path: Path, keep: str) -> None:
     """Arrays of earlier builds (and temporaries of crashed ones) are dead weight once the index moved on."""
-    for old in list(cache_path.glob("audio-*.int16")) + list(cache_path.glob(".audio-*.tmp")):
+    for old in list(cache_path.glob("audio-*.int16")) + list(cache_path.glob(".audio-*.tmp*")):
         if old.name != keep:
             old.unlink(missing_ok=True)

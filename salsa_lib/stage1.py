@@ -5,6 +5,7 @@ Member k trains with seed + k. Reuse, resume and move-aside rules: ``training.tr
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -64,7 +65,13 @@ def load_member(checkpoint: str | Path):
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses pickled objects, code included
+        raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
+                          f"it is not a checkpoint of this project") from err
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ConfigError(f"{checkpoint} is not a readable checkpoint ({err})") from err
     try:
         config = Stage1Config.from_params(state["hyper_parameters"]["params"])
     except (KeyError, TypeError) as err:

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from salsa_lib import paths, reports
 from salsa_lib.config import Stage1Config
@@ -116,19 +116,35 @@ def _gather_global_batch(audio, text, batch):
 
 
 class _EpochAwareCrops(pl.Callback):
-    """Different random crops each epoch, reproducible across runs and resumes."""
+    """Each epoch's randomness is a function of (seed, epoch): reproducible across runs and resumes.
+
+    That covers the crops (the dataset's epoch), the shuffle order (the train sampler's own generator)
+    and the global torch RNG (PaSST patchout, the mel fmin/fmax jitter, text dropout). Lightning does
+    not store RNG states in checkpoints, so without the reseeding a resumed run would draw differently
+    from an uninterrupted one. The hook runs before the epoch's first batch is drawn (the sampler is
+    lazy with ``num_workers=0``).
+    """
 
     def __init__(self, dataset: AudioCaptionDataset):
         self.dataset = dataset
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.dataset.set_epoch(trainer.current_epoch)
+        epoch = trainer.current_epoch
+        self.dataset.set_epoch(epoch)
+        global_seed, shuffle_seed = np.random.SeedSequence([self.dataset.seed, epoch]).generate_state(2)
+        torch.manual_seed(int(global_seed))
+        generator = getattr(getattr(trainer.train_dataloader, "sampler", None), "generator", None)
+        if isinstance(generator, torch.Generator):  # under DDP Lightning's DistributedSampler replaces it
+            generator.manual_seed(int(shuffle_seed))
 
 
 def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
     train_set = AudioCaptionDataset(train, config.train_seconds, train=True, seed=config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                              num_workers=config.num_workers)
+    # own generators, kept off the global torch RNG (reseeded per epoch by _EpochAwareCrops), so the
+    # number of DataLoader iterators created before an epoch cannot shift that epoch's random draws
+    sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed))
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                              num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
     val_loader = DataLoader(ClipDataset(val, config.eval_seconds), batch_size=config.eval_batch_size,
                             num_workers=config.num_workers)
     return train_set, train_loader, val_loader
@@ -171,12 +187,16 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
 
     config = module.config
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor="val/mAP@10",
-                                 mode="max", save_last=True, enable_version_counter=False)
+                                 mode="max", save_on_train_epoch_end=False, enable_version_counter=False)
+    # last.ckpt every epoch: ModelCheckpoint(save_last=True) only refreshes it when best.ckpt improves,
+    # so a resume would repeat every epoch since the best one. Both save after validation.
+    last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", save_top_k=1,
+                           save_on_train_epoch_end=False, enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches,
-        callbacks=[checkpoint, _EpochAwareCrops(train_set)],
+        callbacks=[checkpoint, last, _EpochAwareCrops(train_set)],
         logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )

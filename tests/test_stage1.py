@@ -99,7 +99,7 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
 
     malicious = tmp_path / "malicious.ckpt"
     malicious.write_bytes(pickle.dumps(_CodeRunner()))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ConfigError, match="pickled objects"):
         stage1.load_member(malicious)
 
 

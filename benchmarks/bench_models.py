@@ -1,0 +1,216 @@
+"""Model benchmark: training throughput of one optimizer step and embedding throughput, on CPU.
+
+Training: one step = forward of both encoders, the stage-1 contrastive loss, backward and an AdamW step
+(the four parameter groups of the paper). Timed after a warm-up step; the figure is the median of the
+repeats. Two models:
+
+- tiny: ``build_dual_encoder(Stage1Config())`` (random small PaSST, packaged MiniLM with its top 2 layers
+  training), batch 32 x 5 s clips, as notebook 01 trains it;
+- paper shapes: PaSST-S p16/s16 (``passt_s_p16_s16_128_ap468``, random weights, 10 s windows) and a
+  RoBERTa-large-shaped text encoder (random weights, hand-made config, random token ids of length 32:
+  no tokenizer, no network), everything training, 32-bit; a small batch (default 4 x 30 s clips, three
+  windows each) so it fits a laptop's memory. The paper trains batch 64 in fp16 on a GPU: this figure
+  only says how heavy one step is on this CPU.
+
+Embedding (tiny model, eval mode, no gradients): audio clips/s (5 s clips) and captions/s.
+Writes results/benchmarks/models.json.
+
+    nice .venv/bin/python benchmarks/bench_models.py [--repeats 3] [--paper-batch 4] [--skip-paper] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from salsa_lib import paths
+from salsa_lib.config import Stage1Config
+from salsa_lib.files import atomic_write_json
+from salsa_lib.losses import contrastive_loss
+
+SAMPLE_RATE = 32000
+CAPTION_WORDS = ["a", "dog", "barks", "while", "cars", "pass", "by", "on", "wet", "street", "birds", "sing",
+                 "loudly", "in", "the", "distance", "water", "drips", "slowly", "into", "metal", "bucket"]
+
+
+def _captions(n: int, generator: torch.Generator) -> list[str]:
+    lengths = torch.randint(6, 16, (n,), generator=generator).tolist()
+    return [" ".join(CAPTION_WORDS[i] for i in torch.randint(0, len(CAPTION_WORDS), (k,), generator=generator))
+            for k in lengths]
+
+
+def _count(module: nn.Module) -> dict:
+    return {"total": sum(p.numel() for p in module.parameters()),
+            "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+
+
+def _time_steps(step, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _optimizer(model) -> torch.optim.Optimizer:
+    groups = model.parameter_groups()
+    return torch.optim.AdamW([{"params": params, "lr": 1e-5} for params in groups.values() if params],
+                             betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+
+def _train_figures(times: list[float], batch: int) -> dict:
+    median = statistics.median(times)
+    return {"seconds_per_step_median": round(median, 3), "seconds_per_step_all": [round(t, 3) for t in times],
+            "clips_per_s": round(batch / median, 2)}
+
+
+def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
+    from salsa_lib.model import build_dual_encoder
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    config = Stage1Config()
+    model = build_dual_encoder(config)
+    optimizer = _optimizer(model)
+    audio = 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)
+    lengths = torch.ones(batch)
+    captions = _captions(batch, generator)
+    ids = torch.arange(batch)
+
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        logits = model.logits(model.embed_audio(audio, lengths), model.embed_text(captions))
+        contrastive_loss(logits, ids).backward()
+        optimizer.step()
+
+    train = _train_figures(_time_steps(step, warmup, repeats), batch)
+
+    model.eval()
+    with torch.no_grad():
+        audio_times = _time_steps(lambda: model.embed_audio(audio, lengths), 1, embed_batches)
+        text_times = _time_steps(lambda: model.embed_text(captions), 1, embed_batches)
+    return {
+        "model": f"{config.audio_encoder} (width {config.passt_width}, depth {config.passt_depth}) + "
+                 f"{config.text_encoder} (top {config.text_trainable_layers} layers train), embed_dim {config.embed_dim}",
+        "batch": batch, "clip_seconds": seconds, "window_seconds": config.window_seconds,
+        "parameters": {"audio_encoder": _count(model.audio_encoder), "text_encoder": _count(model.text_encoder),
+                       "all": _count(model)},
+        "train": train,
+        "embed": {"batch": batch, "repeats": embed_batches,
+                  "audio_clips_per_s": round(batch / statistics.median(audio_times), 1),
+                  "captions_per_s": round(batch / statistics.median(text_times), 1),
+                  "audio_seconds_per_batch_median": round(statistics.median(audio_times), 4),
+                  "text_seconds_per_batch_median": round(statistics.median(text_times), 4)},
+    }
+
+
+class RandomRoberta(nn.Module):
+    """RoBERTa-large shapes with random weights; takes token ids, returns the first token's last state."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import RobertaConfig, RobertaModel
+
+        config = RobertaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, vocab_size=50265, max_position_embeddings=514,
+                               type_vocab_size=1, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+        self.model = RobertaModel(config, add_pooling_layer=False)
+        self.dim = config.hidden_size
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=token_ids, attention_mask=torch.ones_like(token_ids)).last_hidden_state[:, 0]
+
+
+def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: int) -> dict:
+    from salsa_lib.encoders import PAPER_PASST, AudioEncoder, build_passt
+    from salsa_lib.model import DualEncoder
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    window = 10.0
+    audio_encoder = AudioEncoder(build_passt(PAPER_PASST, window, pretrained=False), window)
+    model = DualEncoder(audio_encoder, RandomRoberta(), embed_dim=1024, tau=0.05)
+    optimizer = _optimizer(model)
+    audio = 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)
+    lengths = torch.ones(batch)
+    # ids 3..50264: skip <s>=0, <pad>=1, </s>=2 so every position is a real token
+    token_ids = torch.randint(3, 50265, (batch, tokens), generator=generator)
+    ids = torch.arange(batch)
+
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        audio_embeddings = model.embed_audio(audio, lengths)
+        text_embeddings = nn.functional.normalize(model.project_text(model.text_encoder(token_ids)), dim=-1)
+        contrastive_loss(model.logits(audio_embeddings, text_embeddings), ids).backward()
+        optimizer.step()
+
+    train = _train_figures(_time_steps(step, warmup, repeats), batch)
+    return {
+        "model": f"{PAPER_PASST} (random weights, {window:g} s windows) + RoBERTa-large shapes "
+                 f"(random weights, {tokens} random token ids), embed_dim 1024, fp32, everything trains",
+        "batch": batch, "clip_seconds": seconds, "window_seconds": window,
+        "windows_per_clip": -(-int(seconds * SAMPLE_RATE) // int(window * SAMPLE_RATE)), "text_tokens": tokens,
+        "parameters": {"audio_encoder": _count(model.audio_encoder), "text_encoder": _count(model.text_encoder),
+                       "all": _count(model)},
+        "train": train,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed training steps per model (after 1 warm-up)")
+    parser.add_argument("--tiny-batch", type=int, default=32)
+    parser.add_argument("--tiny-seconds", type=float, default=5.0)
+    parser.add_argument("--embed-repeats", type=int, default=5, help="timed embedding batches")
+    parser.add_argument("--paper-batch", type=int, default=4)
+    parser.add_argument("--paper-seconds", type=float, default=30.0)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--skip-paper", action="store_true", help="only the tiny model")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny model only, batch 4 x 1 s, 1 repeat (figures not meaningful)")
+    parser.add_argument("--output", help="JSON path (default results/benchmarks/models.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.embed_repeats, args.tiny_batch, args.tiny_seconds = 1, 1, 4, 1.0
+        args.skip_paper = True
+    warmup = 1
+    out_path = Path(args.output) if args.output else paths.results_dir("benchmarks") / "models.json"
+
+    start = time.perf_counter()
+    tiny = bench_tiny(args.tiny_batch, args.tiny_seconds, warmup, args.repeats, args.embed_repeats)
+    print(f"tiny: {tiny['train']['clips_per_s']} clips/s training, {tiny['embed']['audio_clips_per_s']} clips/s "
+          f"and {tiny['embed']['captions_per_s']} captions/s embedding", flush=True)
+    paper = None
+    if not args.skip_paper:
+        paper = bench_paper(args.paper_batch, args.paper_seconds, args.tokens, warmup, args.repeats)
+        print(f"paper shapes: {paper['train']['clips_per_s']} clips/s, "
+              f"{paper['train']['seconds_per_step_median']} s/step", flush=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": "cpu",
+        "quick": args.quick, "warmup_steps": warmup, "repeats": args.repeats,
+        "step": "forward (both encoders) + stage-1 contrastive loss + backward + AdamW step",
+        "tiny": tiny, "paper_shapes": paper,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
+    atomic_write_json(out_path, result)
+    print(f"written to {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Run the benchmark scripts and aggregate their JSON into results/benchmarks.json and results/benchmarks.md.
+
+Every ``benchmarks/bench_*.py`` runs as its own subprocess (in name order), writing
+``results/benchmarks/<name>.json``; then every JSON there is summarised. Each figure in the summary is
+read from those files (ratios are computed from them), nothing is typed in.
+
+    .venv/bin/python benchmarks/run_benchmarks.py                  # run all, then aggregate
+    .venv/bin/python benchmarks/run_benchmarks.py --only models,pipeline --quick
+    .venv/bin/python benchmarks/run_benchmarks.py --skip search
+    .venv/bin/python benchmarks/run_benchmarks.py --aggregate-only  # summarise the existing JSON files
+
+``--quick`` passes ``--quick`` to the scripts that take it and small sizes to the others; since those
+figures mean little, quick runs write under a scratch SALSA_HOME (printed) unless ``--results-home``
+names one, so your results/benchmarks/*.json stay as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+# small sizes for the scripts that have no --quick of their own
+QUICK_ARGS = {"data": ["--clips", "20", "--repeats", "1"],
+              "search": ["--sizes", "10000", "--queries", "20", "--clips", "4"]}
+
+
+def discover() -> dict[str, Path]:
+    return {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
+
+
+def _names(text: str | None) -> set[str]:
+    return {n.strip().removeprefix("bench_").removesuffix(".py") for n in (text or "").split(",") if n.strip()}
+
+
+def run_scripts(scripts: dict[str, Path], quick: bool, env: dict[str, str], nice: bool) -> list[dict]:
+    runs = []
+    for name, script in scripts.items():
+        command = [sys.executable, str(script)]
+        if quick:
+            command += ["--quick"] if '"--quick"' in script.read_text() else QUICK_ARGS.get(name, [])
+        if nice and hasattr(os, "nice"):
+            command = ["nice", *command]
+        print(f"=== {name}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        returncode = subprocess.call(command, cwd=REPO_ROOT, env=env)
+        runs.append({"benchmark": name, "returncode": returncode, "wall_s": round(time.perf_counter() - start, 1)})
+        print(f"=== {name}: exit {returncode} after {runs[-1]['wall_s']} s", flush=True)
+    return runs
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _figure(rows: list, benchmark: str, name: str, value, unit: str = "", how: str = "") -> None:
+    if value is not None:
+        rows.append({"benchmark": benchmark, "figure": name, "value": value, "unit": unit, "how": how})
+
+
+def _ratio(ratios: list, benchmark: str, name: str, numerator, denominator, meaning: str) -> None:
+    if numerator is not None and denominator:
+        ratios.append({"benchmark": benchmark, "ratio": name, "value": round(numerator / denominator, 2),
+                       "meaning": meaning})
+
+
+def _summarise_data(d: dict, rows: list, ratios: list) -> None:
+    how = f"median of {d.get('repeats', '?')} repeats, {d.get('clips', '?')} clips"
+    _figure(rows, "data", "cache read + crop", d.get("cache_read_crop_clips_per_s"), "clips/s", how)
+    _figure(rows, "data", "librosa load + crop", d.get("librosa_load_crop_clips_per_s"), "clips/s", how)
+    _figure(rows, "data", "generate default synthetic set", d.get("synthetic_default_generate_s"), "s", "one run")
+    _figure(rows, "data", "build train cache", d.get("synthetic_train_cache_build_s"), "s", "one run")
+    _ratio(ratios, "data", "cache vs librosa (throughput)", d.get("cache_read_crop_clips_per_s"),
+           d.get("librosa_load_crop_clips_per_s"), "times faster reading the 32 kHz cache than decoding sources")
+
+
+def _summarise_search(d: dict, rows: list, ratios: list) -> None:
+    how = f"percentiles over {d.get('queries', '?')} queries, top {d.get('top_k', '?')}, dim {d.get('dim', '?')}"
+    for row in d.get("search", []):
+        n = f"{row['size']:,} vectors"
+        _figure(rows, "search", f"exact p50 latency, {n}", row.get("exact_p50_ms"), "ms", how)
+        _figure(rows, "search", f"exact p95 latency, {n}", row.get("exact_p95_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS p50 latency, {n}", row.get("faiss_p50_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS p95 latency, {n}", row.get("faiss_p95_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS recall@10, {n}", row.get("faiss_recall_at_10"), "", "vs exact")
+        _figure(rows, "search", f"FAISS build, {n}", row.get("faiss_build_s"), "s", "one run")
+        _ratio(ratios, "search", f"FAISS vs exact p50 latency, {n}", row.get("exact_p50_ms"), row.get("faiss_p50_ms"),
+               "times faster per query (p50) with FAISS")
+    indexing = d.get("indexing") or {}
+    how = f"{indexing.get('clips', '?')} clips of {indexing.get('clip_seconds', '?')} s, one run"
+    _figure(rows, "search", "folder indexing (decode + embed)", indexing.get("index_files_per_s"), "files/s", how)
+    _figure(rows, "search", "decode only", indexing.get("decode_files_per_s"), "files/s", how)
+    _figure(rows, "search", "cached rebuild", indexing.get("cached_rebuild_files_per_s"), "files/s", how)
+    _ratio(ratios, "search", "cached rebuild vs cold indexing", indexing.get("cached_rebuild_files_per_s"),
+           indexing.get("index_files_per_s"), "times faster when embeddings are cached")
+    target = d.get("target") or {}
+    if target.get("met") is not None:
+        _figure(rows, "search", f"target p50 <= {target.get('p50_ms')} ms and recall@10 >= "
+                f"{target.get('recall_at_10')} at {target.get('size'):,}", "met" if target["met"] else "NOT met")
+    _figure(rows, "search", "peak RSS", d.get("peak_rss_gb"), "GB", "whole script")
+
+
+def _summarise_models(d: dict, rows: list, ratios: list) -> None:
+    for key, label in (("tiny", "tiny model"), ("paper_shapes", "paper shapes")):
+        m = d.get(key)
+        if not m:
+            continue
+        train = m.get("train", {})
+        times = train.get("seconds_per_step_all") or []
+        how = (f"batch {m.get('batch')} x {m.get('clip_seconds'):g} s; median of {len(times)} steps after "
+               f"{d.get('warmup_steps', '?')} warm-up")
+        if times and statistics.median(times) != train.get("seconds_per_step_median"):
+            how += " (median recomputed differs!)"
+        _figure(rows, "models", f"{label}: training throughput", train.get("clips_per_s"), "clips/s", how)
+        _figure(rows, "models", f"{label}: seconds per step", train.get("seconds_per_step_median"), "s", how)
+        params = m.get("parameters", {})
+        for part in ("audio_encoder", "text_encoder", "all"):
+            count = params.get(part, {})
+            if count:
+                _figure(rows, "models", f"{label}: parameters, {part.replace('_', ' ')}",
+                        f"{count['total'] / 1e6:.1f} M ({count['trainable'] / 1e6:.1f} M trainable)", "", "")
+        embed = m.get("embed")
+        if embed:
+            how = f"eval, no grad, batch {embed.get('batch')}, median of {embed.get('repeats')} batches"
+            _figure(rows, "models", f"{label}: audio embedding ({m.get('clip_seconds'):g} s clips)",
+                    embed.get("audio_clips_per_s"), "clips/s", how)
+            _figure(rows, "models", f"{label}: caption embedding", embed.get("captions_per_s"), "captions/s", how)
+    tiny, paper = d.get("tiny") or {}, d.get("paper_shapes") or {}
+    _ratio(ratios, "models", "paper shapes vs tiny, seconds per clip in training",
+           (paper.get("train") or {}).get("clips_per_s") and 1 / paper["train"]["clips_per_s"],
+           (tiny.get("train") or {}).get("clips_per_s") and 1 / tiny["train"]["clips_per_s"],
+           "times more CPU time per training clip for the paper-sized model")
+    _figure(rows, "models", "peak RSS", d.get("peak_rss_gb"), "GB", "whole script")
+
+
+def _summarise_pipeline(d: dict, rows: list, ratios: list) -> None:
+    how = "one run" + (", --quick overrides" if d.get("quick") else "")
+    for row in d.get("notebooks", []):
+        _figure(rows, "pipeline", f"{row['notebook']}: execution", row.get("seconds"), "s", how + " (run_log.csv)")
+        _figure(rows, "pipeline", f"{row['notebook']}: invocation wall", row.get("wall_s"), "s", how)
+        _figure(rows, "pipeline", f"{row['notebook']}: peak RSS (process tree)", row.get("peak_rss_mb"), "MB", how)
+    _figure(rows, "pipeline", "all notebooks: execution", d.get("notebook_seconds_total"), "s", how)
+    _figure(rows, "pipeline", "all notebooks: wall", d.get("wall_s_total"), "s", how)
+    _figure(rows, "pipeline", "peak RSS (max over notebooks)", d.get("peak_rss_mb"), "MB", how)
+    _figure(rows, "pipeline", "status", d.get("status"), "", "")
+
+
+SUMMARISERS = {"data": _summarise_data, "search": _summarise_search, "models": _summarise_models,
+               "pipeline": _summarise_pipeline}
+
+
+def _summarise_generic(name: str, d: dict, rows: list, prefix: str = "") -> None:
+    """Numbers at any depth of a JSON no summariser knows (lists are skipped)."""
+    for key, value in sorted(d.items()):
+        if isinstance(value, dict):
+            _summarise_generic(name, value, rows, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            _figure(rows, name, prefix + key, value, "", "as written")
+
+
+def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | None = None) -> dict:
+    from salsa_lib.files import atomic_write_json, atomic_write_text
+
+    sources, rows, ratios = {}, [], []
+    for path in sorted(bench_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            sources[path.stem] = {"file": str(path), "error": str(err)}
+            continue
+        sources[path.stem] = {"file": str(path), "date": data.get("date"), "machine": data.get("machine"),
+                              "quick": data.get("quick", False), "data": data}
+        SUMMARISERS.get(path.stem, lambda d, r, q, n=path.stem: _summarise_generic(n, d, r))(data, rows, ratios)
+    result = {
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+        "aggregator_machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                              f"{platform.system()}, Python {platform.python_version()}",
+        "source_dir": str(bench_dir), "runs": runs or [], "figures": rows, "ratios": ratios, "sources": sources,
+    }
+    atomic_write_json(out_json, result)
+    atomic_write_text(out_md, markdown(result))
+    return result
+
+
+def _cell(value) -> str:
+    return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Benchmarks", "",
+             f"Generated {result['generated']} from `{result['source_dir']}` on {result['aggregator_machine']}. "
+             "Every figure below is read from the JSON files of the benchmark scripts "
+             "(`benchmarks/README.md` says what each measures).", ""]
+    if result["runs"]:
+        lines += ["| script | exit | wall (s) |", "|---|---|---|"]
+        lines += [f"| bench_{r['benchmark']}.py | {r['returncode']} | {r['wall_s']} |" for r in result["runs"]]
+        lines.append("")
+    for name, source in result["sources"].items():
+        lines += [f"## {name}", ""]
+        if "error" in source:
+            lines += [f"Could not read `{source['file']}`: {source['error']}", ""]
+            continue
+        lines += [f"Measured {source['date']} on {source['machine']}" +
+                  (" -- **quick run: sizes too small for the figures to mean anything**" if source["quick"] else "")
+                  + f" (`{Path(source['file']).name}`).", ""]
+        figures = [r for r in result["figures"] if r["benchmark"] == name]
+        if figures:
+            lines += ["| figure | value | unit | how |", "|---|---:|---|---|"]
+            lines += [f"| {r['figure']} | {_cell(r['value'])} | {r['unit']} | {r['how']} |" for r in figures]
+            lines.append("")
+        ratios = [r for r in result["ratios"] if r["benchmark"] == name]
+        if ratios:
+            lines += ["| ratio | value | meaning |", "|---|---:|---|"]
+            lines += [f"| {r['ratio']} | {r['value']}x | {r['meaning']} |" for r in ratios]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated benchmark names (data, search, models, pipeline)")
+    parser.add_argument("--skip", help="comma-separated benchmark names to leave out")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; see above)")
+    parser.add_argument("--aggregate-only", action="store_true", help="run nothing, summarise the JSON files")
+    parser.add_argument("--no-nice", action="store_true", help="do not run the scripts under nice")
+    parser.add_argument("--results-home", type=Path,
+                        help="SALSA_HOME for the scripts and the summary (default: the project root; "
+                             "a new scratch folder with --quick)")
+    args = parser.parse_args(argv)
+    if args.results_home is None and args.quick and not args.aggregate_only:
+        args.results_home = Path(tempfile.mkdtemp(prefix="salsa_bench_quick_"))
+        print(f"quick run: results under {args.results_home}")
+    env = dict(os.environ)
+    if args.results_home is not None:
+        env["SALSA_HOME"] = str(args.results_home.resolve())  # the scripts' results_dir() follows it
+    sys.path.insert(0, str(REPO_ROOT))
+    from salsa_lib import paths
+
+    root = args.results_home.resolve() if args.results_home is not None else paths.project_root()
+    scripts = discover()
+    only, skip = _names(args.only), _names(args.skip)
+    unknown = (only | skip) - set(scripts)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; have {sorted(scripts)}")
+    scripts = {n: p for n, p in scripts.items() if (not only or n in only) and n not in skip}
+    runs = [] if args.aggregate_only else run_scripts(scripts, args.quick, env, nice=not args.no_nice)
+
+    bench_dir = root / "results" / "benchmarks"  # = paths.results_dir("benchmarks") under that SALSA_HOME
+    out_json = root / "results" / "benchmarks.json"
+    result = aggregate(bench_dir, out_json, out_json.with_suffix(".md"), runs)
+    print(f"{len(result['figures'])} figures, {len(result['ratios'])} ratios from {len(result['sources'])} files: "
+          f"{out_json} and {out_json.with_suffix('.md')}")
+    return 1 if any(r["returncode"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

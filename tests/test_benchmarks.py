@@ -1,0 +1,99 @@
+"""The benchmark suite runner: its summary of fake JSON files, and one quick script run end to end."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAKE = {
+    "data": {"date": "2026-01-01", "machine": "fake, 2 cores", "clips": 10, "repeats": 3,
+             "cache_read_crop_clips_per_s": 500.0, "librosa_load_crop_clips_per_s": 50.0,
+             "speedup_cache_vs_librosa": 10.0, "synthetic_default_generate_s": 1.5,
+             "synthetic_train_cache_build_s": 0.5},
+    "search": {"date": "2026-01-01 10:00", "machine": "fake", "queries": 5, "top_k": 10, "dim": 8,
+               "search": [{"size": 1000, "exact_p50_ms": 8.0, "exact_p95_ms": 9.0, "faiss_p50_ms": 2.0,
+                           "faiss_p95_ms": 3.0, "faiss_recall_at_10": 0.97, "faiss_build_s": 0.1}],
+               "indexing": {"clips": 4, "clip_seconds": 5.0, "index_files_per_s": 20.0,
+                            "decode_files_per_s": 100.0, "cached_rebuild_files_per_s": 2000.0},
+               "target": {"size": 1000000, "p50_ms": 50.0, "recall_at_10": 0.95, "met": None}},
+    "models": {"date": "2026-01-01 10:00", "machine": "fake", "warmup_steps": 1, "quick": False,
+               "tiny": {"batch": 32, "clip_seconds": 5.0,
+                        "train": {"clips_per_s": 64.0, "seconds_per_step_median": 0.5,
+                                  "seconds_per_step_all": [0.4, 0.5, 0.6]},
+                        "parameters": {"all": {"total": 2_000_000, "trainable": 1_000_000}},
+                        "embed": {"batch": 32, "repeats": 5, "audio_clips_per_s": 100.0, "captions_per_s": 300.0}},
+               "paper_shapes": {"batch": 4, "clip_seconds": 30.0,
+                                "train": {"clips_per_s": 0.32, "seconds_per_step_median": 12.5,
+                                          "seconds_per_step_all": [12.5]}}},
+    "pipeline": {"date": "2026-01-01 10:00", "machine": "fake", "quick": True, "status": "ok",
+                 "notebooks": [{"notebook": "00_data", "seconds": 3.0, "wall_s": 5.0, "peak_rss_mb": 700.0}],
+                 "notebook_seconds_total": 3.0, "wall_s_total": 5.0, "peak_rss_mb": 700.0},
+    "extra": {"date": "2026-01-01", "nested": {"speed": 7.5, "flag": True}, "listed": [1, 2]},
+}
+
+
+def _value(result, benchmark, figure):
+    return next(r["value"] for r in result["figures"] if r["benchmark"] == benchmark and r["figure"] == figure)
+
+
+def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
+    run_benchmarks = _load("run_benchmarks")
+    source = tmp_path / "benchmarks"
+    source.mkdir()
+    for name, data in FAKE.items():
+        (source / f"{name}.json").write_text(json.dumps(data))
+    (source / "broken.json").write_text("{not json")
+    out_json, out_md = tmp_path / "benchmarks.json", tmp_path / "benchmarks.md"
+
+    result = run_benchmarks.aggregate(source, out_json, out_md)
+
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(result))
+    assert set(result) >= {"generated", "aggregator_machine", "figures", "ratios", "sources", "runs"}
+    assert set(result["sources"]) == set(FAKE) | {"broken"} and "error" in result["sources"]["broken"]
+    for row in result["figures"] + result["ratios"]:
+        assert set(row) >= {"benchmark", "value"}
+    assert _value(result, "data", "cache read + crop") == 500.0
+    assert _value(result, "search", "FAISS p50 latency, 1,000 vectors") == 2.0
+    assert _value(result, "models", "tiny model: training throughput") == 64.0
+    assert _value(result, "models", "paper shapes: seconds per step") == 12.5
+    assert _value(result, "pipeline", "00_data: peak RSS (process tree)") == 700.0
+    assert _value(result, "extra", "nested.speed") == 7.5  # an unknown file still shows its numbers
+    assert not any(r["figure"] == "nested.flag" for r in result["figures"])
+    ratios = {(r["benchmark"], r["ratio"]): r["value"] for r in result["ratios"]}
+    assert ratios[("data", "cache vs librosa (throughput)")] == 10.0
+    assert ratios[("search", "FAISS vs exact p50 latency, 1,000 vectors")] == 4.0
+    assert ratios[("models", "paper shapes vs tiny, seconds per clip in training")] == 200.0
+
+    md = out_md.read_text()
+    assert md.startswith("# Benchmarks")
+    for name in FAKE:
+        assert f"## {name}" in md
+    assert "| cache vs librosa (throughput) | 10.0x |" in md
+    assert "quick run" in md.split("## pipeline")[1]  # quick figures are flagged
+    assert "Could not read" in md
+
+
+def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
+    run_benchmarks = _load("run_benchmarks")
+    code = run_benchmarks.main(["--only", "models", "--quick", "--no-nice", "--results-home", str(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    models = json.loads((tmp_path / "results" / "benchmarks" / "models.json").read_text())
+    assert models["quick"] is True and models["paper_shapes"] is None
+    assert models["tiny"]["train"]["clips_per_s"] > 0 and models["tiny"]["embed"]["captions_per_s"] > 0
+    summary = json.loads((tmp_path / "results" / "benchmarks.json").read_text())
+    assert [r["benchmark"] for r in summary["runs"]] == ["models"] and summary["runs"][0]["returncode"] == 0
+    assert _value(summary, "models", "tiny model: training throughput") == models["tiny"]["train"]["clips_per_s"]
+    assert "## models" in (tmp_path / "results" / "benchmarks.md").read_text()
