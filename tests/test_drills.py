@@ -129,19 +129,23 @@ print("finished without being killed")
 """
 
 
+def _run_until_barrier_then_kill(script: Path, barrier: Path, home: Path, timeout: float, what: str) -> None:
+    """Start ``script`` (it creates ``barrier`` when it reaches the point to kill), then kill -9 its group."""
+    proc = subprocess.Popen([sys.executable, str(script), str(barrier)], cwd=REPO, env=_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(barrier.exists, timeout, what, proc)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
 def test_kill9_during_stage1_training_then_rerun_matches_uninterrupted(tmp_path, tmp_path_factory, monkeypatch):
     home = tmp_path / "home"
     _prepare_home(home, monkeypatch)
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT % {**TINY_MODEL, "epochs": EPOCHS, "members": 1})
-    reached = tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, str(script), str(reached)], cwd=REPO, env=_env(home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(reached.exists, 240, "training to reach epoch 2", proc)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
+    _run_until_barrier_then_kill(script, tmp_path / "reached", home, 240, "training to reach epoch 2")
     folder = stage1.member_dir("test", 0)
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert not (folder / "run.json").exists()
@@ -196,14 +200,7 @@ def _kill_cache_build_then_rebuild(tmp_path, monkeypatch):
 
     script = tmp_path / "cache.py"
     script.write_text(CACHE_SCRIPT % TINY_DATA)
-    barrier = tmp_path / "barrier"
-    proc = subprocess.Popen([sys.executable, str(script), str(barrier)], cwd=REPO, env=_env(home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(barrier.exists, 120, "the cache build to reach clip 4", proc)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
+    _run_until_barrier_then_kill(script, tmp_path / "barrier", home, 120, "the cache build to reach clip 4")
     leftovers = [p.name for p in train_cache.iterdir()]
     splits = datasets.load_splits(config, progress=False)  # a normal build
     return dict(config=config, train_cache=train_cache, val_cache=val_cache, val_before=val_before,
