@@ -4,4 +4,5 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh" --test
 cd "$SALSA_ROOT"
+_salsa_need_space "${TMPDIR:-/tmp}" 3 "the test suite (it trains small models in temporary folders)"
 exec "$PY" -m pytest "$@"

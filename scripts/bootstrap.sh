@@ -37,6 +37,19 @@ _salsa_pip() {  # quiet unless it fails: pip's full log is kept in .salsa-pip.lo
   fi
 }
 
+_salsa_free_gb() {  # free space (GiB, rounded down) on the file system holding $1
+  df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'
+}
+
+_salsa_need_space() {  # fail early with a clear message instead of a cryptic "No space left" mid-way
+  local dir="$1" need_gb="$2" what="$3" free_gb
+  free_gb="$(_salsa_free_gb "$dir")"
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "bootstrap: $what needs about $need_gb GiB free on $dir's file system; only $free_gb GiB are free." >&2
+    return 1
+  fi
+}
+
 _salsa_register_kernel() {  # the kernel the runner and JupyterLab use: this environment's Python
   "$1" -m ipykernel install --sys-prefix --name salsa --display-name "Python (salsa)" >/dev/null
 }
@@ -59,6 +72,7 @@ else
   PY="$venv/bin/python"
   stamp_main="$(_salsa_stamp)"
   if [ "$(cat "$venv/.salsa-main-stamp" 2>/dev/null)" != "$stamp_main" ]; then
+    _salsa_need_space "$SALSA_ROOT" 8 "installing the pinned dependencies (.venv is about 7 GiB)"
     echo "bootstrap: installing pinned dependencies into .venv (first run or changed pins)"
     start=$SECONDS
     _salsa_pip "$PY" -r "$SALSA_ROOT/requirements.txt" -e "$SALSA_ROOT"
