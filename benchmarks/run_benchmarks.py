@@ -144,11 +144,13 @@ def _summarise_pipeline(d: dict, rows: list, ratios: list) -> None:
     how = "one run" + (", --quick overrides" if d.get("quick") else "")
     for row in d.get("notebooks", []):
         _figure(rows, "pipeline", f"{row['notebook']}: execution", row.get("seconds"), "s", how + " (run_log.csv)")
-        _figure(rows, "pipeline", f"{row['notebook']}: invocation wall", row.get("wall_s"), "s", how)
         _figure(rows, "pipeline", f"{row['notebook']}: peak RSS (process tree)", row.get("peak_rss_mb"), "MB", how)
     _figure(rows, "pipeline", "all notebooks: execution", d.get("notebook_seconds_total"), "s", how)
-    _figure(rows, "pipeline", "all notebooks: wall", d.get("wall_s_total"), "s", how)
-    _figure(rows, "pipeline", "peak RSS (max over notebooks)", d.get("peak_rss_mb"), "MB", how)
+    _figure(rows, "pipeline", f"`{d.get('command', './run_all.sh')}`: wall", d.get("wall_s"), "s", how)
+    _figure(rows, "pipeline", "peak RSS (whole run)", d.get("peak_rss_mb"), "MB", how)
+    target = d.get("target") or {}
+    if target.get("met") is not None:
+        _figure(rows, "pipeline", f"target: wall <= {target.get('wall_s')} s", "met" if target["met"] else "NOT met")
     _figure(rows, "pipeline", "status", d.get("status"), "", "")
 
 
@@ -165,6 +167,14 @@ def _summarise_generic(name: str, d: dict, rows: list, prefix: str = "") -> None
             _figure(rows, name, prefix + key, value, "", "as written")
 
 
+def _shown(path: Path) -> str:
+    """``results/benchmarks/...`` rather than an absolute path of the machine that ran it."""
+    parts = path.resolve().parts
+    if "results" not in parts:
+        return path.name
+    return str(Path(*parts[len(parts) - 1 - parts[::-1].index("results"):]))
+
+
 def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | None = None) -> dict:
     from salsa_lib.files import atomic_write_json, atomic_write_text
 
@@ -173,16 +183,16 @@ def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | 
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            sources[path.stem] = {"file": str(path), "error": str(err)}
+            sources[path.stem] = {"file": _shown(path), "error": str(err)}
             continue
-        sources[path.stem] = {"file": str(path), "date": data.get("date"), "machine": data.get("machine"),
+        sources[path.stem] = {"file": _shown(path), "date": data.get("date"), "machine": data.get("machine"),
                               "quick": data.get("quick", False), "data": data}
         SUMMARISERS.get(path.stem, lambda d, r, q, n=path.stem: _summarise_generic(n, d, r))(data, rows, ratios)
     result = {
         "generated": time.strftime("%Y-%m-%d %H:%M"),
         "aggregator_machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                               f"{platform.system()}, Python {platform.python_version()}",
-        "source_dir": str(bench_dir), "runs": runs or [], "figures": rows, "ratios": ratios, "sources": sources,
+        "source_dir": _shown(bench_dir), "runs": runs or [], "figures": rows, "ratios": ratios, "sources": sources,
     }
     atomic_write_json(out_json, result)
     atomic_write_text(out_md, markdown(result))

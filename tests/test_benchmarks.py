@@ -39,8 +39,10 @@ FAKE = {
                                 "train": {"clips_per_s": 0.32, "seconds_per_step_median": 12.5,
                                           "seconds_per_step_all": [12.5]}}},
     "pipeline": {"date": "2026-01-01 10:00", "machine": "fake", "quick": True, "status": "ok",
-                 "notebooks": [{"notebook": "00_data", "seconds": 3.0, "wall_s": 5.0, "peak_rss_mb": 700.0}],
-                 "notebook_seconds_total": 3.0, "wall_s_total": 5.0, "peak_rss_mb": 700.0},
+                 "command": "./run_all.sh --profile tiny --force --quiet",
+                 "notebooks": [{"notebook": "00_data", "seconds": 3.0, "peak_rss_mb": 700.0}],
+                 "notebook_seconds_total": 3.0, "wall_s": 5.0, "peak_rss_mb": 700.0,
+                 "target": {"wall_s": 600, "met": True}},
     "extra": {"date": "2026-01-01", "nested": {"speed": 7.5, "flag": True}, "listed": [1, 2]},
 }
 
@@ -51,8 +53,8 @@ def _value(result, benchmark, figure):
 
 def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     run_benchmarks = _load("run_benchmarks")
-    source = tmp_path / "benchmarks"
-    source.mkdir()
+    source = tmp_path / "results" / "benchmarks"
+    source.mkdir(parents=True)
     for name, data in FAKE.items():
         (source / f"{name}.json").write_text(json.dumps(data))
     (source / "broken.json").write_text("{not json")
@@ -70,6 +72,11 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     assert _value(result, "models", "tiny model: training throughput") == 64.0
     assert _value(result, "models", "paper shapes: seconds per step") == 12.5
     assert _value(result, "pipeline", "00_data: peak RSS (process tree)") == 700.0
+    assert _value(result, "pipeline", "`./run_all.sh --profile tiny --force --quiet`: wall") == 5.0
+    assert _value(result, "pipeline", "target: wall <= 600 s") == "met"
+    # shown relative to the results home, never as this machine's absolute path
+    assert result["source_dir"] == "results/benchmarks"
+    assert result["sources"]["data"]["file"] == "results/benchmarks/data.json"
     assert _value(result, "extra", "nested.speed") == 7.5  # an unknown file still shows its numbers
     assert not any(r["figure"] == "nested.flag" for r in result["figures"])
     ratios = {(r["benchmark"], r["ratio"]): r["value"] for r in result["ratios"]}
