@@ -33,6 +33,9 @@ REPO_ROOT = BENCH_DIR.parent
 QUICK_ARGS = {"data": ["--clips", "20", "--repeats", "1"],
               "search": ["--sizes", "10000", "--queries", "20", "--clips", "4"]}
 
+# scripts with no small variant
+QUICK_SKIP = {"setup": "it always installs a whole environment, about 7 GB"}
+
 
 def discover() -> dict[str, Path]:
     return {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
@@ -45,6 +48,9 @@ def _names(text: str | None) -> set[str]:
 def run_scripts(scripts: dict[str, Path], quick: bool, env: dict[str, str], nice: bool) -> list[dict]:
     runs = []
     for name, script in scripts.items():
+        if quick and name in QUICK_SKIP:
+            print(f"=== {name}: left out of a quick run ({QUICK_SKIP[name]})", flush=True)
+            continue
         command = [sys.executable, str(script)]
         if quick:
             command += ["--quick"] if '"--quick"' in script.read_text() else QUICK_ARGS.get(name, [])
@@ -154,7 +160,16 @@ def _summarise_pipeline(d: dict, rows: list, ratios: list) -> None:
     _figure(rows, "pipeline", "status", d.get("status"), "", "")
 
 
-SUMMARISERS = {"data": _summarise_data, "search": _summarise_search, "models": _summarise_models,
+def _summarise_setup(d: dict, rows: list, ratios: list) -> None:
+    how = f"one run on a fresh clone of {d.get('commit', '?')}; pip cache: {d.get('pip_cache', '?')}"
+    _figure(rows, "setup", "first run: create .venv and install the pins", d.get("fresh_s"), "s", how)
+    _figure(rows, "setup", "second run: environment reused", d.get("reuse_s"), "s", "same clone, right after")
+    _figure(rows, "setup", ".venv size", d.get("venv_gb"), "GB", "sum of file sizes")
+    _ratio(ratios, "setup", "first vs second run", d.get("fresh_s"), d.get("reuse_s"),
+           "times longer the first run takes to get its environment")
+
+
+SUMMARISERS = {"data": _summarise_data, "setup": _summarise_setup, "search": _summarise_search, "models": _summarise_models,
                "pipeline": _summarise_pipeline}
 
 
@@ -235,7 +250,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated benchmark names (data, search, models, pipeline)")
+    parser.add_argument("--only", help="comma-separated benchmark names (data, models, pipeline, search, setup)")
     parser.add_argument("--skip", help="comma-separated benchmark names to leave out")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; see above)")
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing, summarise the JSON files")

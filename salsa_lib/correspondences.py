@@ -39,11 +39,12 @@ def embed_split(model, split: ClothoSplit, seconds: float, batch_size: int = 32,
     return {"audio": torch.cat(audio), "captions": torch.cat(text)}
 
 
-def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint: Path, member: str) -> None:
+def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint: Path, member: str,
+                    checkpoint_sha256: str | None = None) -> None:
     """Stored with what identifies them: the data (fingerprint) and the model (checkpoint hash)."""
     payload = {"audio": embeddings["audio"].half(), "captions": embeddings["captions"].half(),
                "split": split.split, "fingerprint": split_fingerprint(split), "member": member,
-               "checkpoint_sha256": file_digest(checkpoint)}
+               "checkpoint_sha256": checkpoint_sha256 or file_digest(checkpoint)}
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
 
@@ -110,18 +111,18 @@ def embed_members(profile: str, split: ClothoSplit, batch_size: int = 32, device
     """Cache-or-compute each stage-1 member's embeddings of ``split`` with its best checkpoint."""
     from salsa_lib import paths, stage1
 
-    done = []
+    done, fingerprint = [], split_fingerprint(split)
     for folder in member_folders(profile):
         checkpoint = folder / "checkpoints" / "best.ckpt"
-        path = embeddings_path(folder, "train")
+        path, digest = embeddings_path(folder, "train"), file_digest(checkpoint)  # hashed once (GBs for the paper)
         if path.exists() and not paths.force_recompute():
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored["fingerprint"] == split_fingerprint(split) and stored["checkpoint_sha256"] == file_digest(checkpoint):
+            if stored["fingerprint"] == fingerprint and stored["checkpoint_sha256"] == digest:
                 done.append(path)
                 continue
         model, config = stage1.load_member(checkpoint)
         embeddings = embed_split(model, split, config.eval_seconds, batch_size, device)
-        save_embeddings(path, embeddings, split, checkpoint, folder.name)
+        save_embeddings(path, embeddings, split, checkpoint, folder.name, checkpoint_sha256=digest)
         done.append(path)
     return done
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from salsa_lib import paths
-from salsa_lib.config import DataConfig
+from salsa_lib.config import DATASETS, DataConfig
 from salsa_lib.data import ClothoSplit, load_split, preprocess_caption
 from salsa_lib.errors import DataError
 
@@ -114,3 +114,51 @@ def load_data_config(profile: str) -> DataConfig:
         raise DataError(f"{path} is missing: run notebook 00 for profile {profile!r} first "
                         f"(./run_all.sh --profile {profile} --only 00)")
     return DataConfig.from_params(json.loads(path.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check a data set and build its audio cache before training: notebook 00 without the notebook.
+
+    Exit 1 with a message naming the file and CSV line on bad input (or, with --skip-bad-clips, a
+    report of what was left out); a cache that was already built is never replaced by a broken one.
+    """
+    import argparse
+    import sys
+
+    from salsa_lib.errors import SalsaError
+
+    parser = argparse.ArgumentParser(prog="python -m salsa_lib.datasets", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="custom", choices=sorted(DATASETS),
+                        help="custom (default: a folder of yours in the ClothoV2 layout), synthetic or clotho")
+    parser.add_argument("--data-root", default="", help="the ClothoV2-layout folder (required for custom)")
+    parser.add_argument("--splits", default=",".join(SPLITS), help=f"comma-separated, of {', '.join(SPLITS)}")
+    parser.add_argument("--skip-bad-clips", action="store_true",
+                        help="leave unreadable or missing clips out and write <split>_skipped.csv instead of failing")
+    parser.add_argument("--no-download", action="store_true", help="clotho: only use the files already on disk")
+    args = parser.parse_args(argv)
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        parser.error(f"--splits: unknown split(s) {unknown or args.splits!r}; choose from {', '.join(SPLITS)}")
+    try:
+        config = DataConfig(dataset=args.dataset, data_root=args.data_root, skip_bad_clips=args.skip_bad_clips,
+                            download=not args.no_download)
+        fetch(config, progress=sys.stderr.isatty())
+        loaded = load_splits(config, splits=splits, progress=sys.stderr.isatty())
+    except SalsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    location = locate(config)
+    print(f"data set: {location.root}\naudio cache: {location.cache_dir}")
+    print(split_statistics(loaded).to_string(index=False))
+    for name, split in loaded.items():
+        if len(split.skipped):
+            report = location.cache_dir / f"{split.split}_skipped.csv"
+            print(f"skipped {len(split.skipped)} clip(s) of {name} ({split.split}); report: {report}", file=sys.stderr)
+            for row in split.skipped.itertuples():
+                print(f"  line {row.csv_row}: {row.file_name}: {row.reason}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from salsa_lib.audio import SAMPLE_RATE, load_audio
 from salsa_lib.correspondences import file_digest
 from salsa_lib.data import preprocess_caption
-from salsa_lib.errors import ConfigError, DataError, SalsaError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -172,13 +172,7 @@ def load_search_model(checkpoint, device: str = "cpu"):
     """(model, Stage1Config, model_id) for any stage-1 or stage-2 checkpoint of this project."""
     from salsa_lib.stage1 import load_member
 
-    try:
-        model, config = load_member(checkpoint)
-    except SalsaError:
-        raise
-    except Exception as err:  # torch.load on a foreign or damaged file raises many kinds
-        raise ConfigError(f"{checkpoint} is not a readable checkpoint of this project ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:100]})") from err
+    model, config = load_member(checkpoint)  # every way a file can be unfit is a ConfigError there
     return model.to(device), config, model_id_of(checkpoint)
 
 

@@ -5,7 +5,6 @@ Member k trains with seed + k. Reuse, resume and move-aside rules: ``training.tr
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -67,18 +66,26 @@ def load_member(checkpoint: str | Path):
         raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refuses pickled objects, code included
-        raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
-                          f"it is not a checkpoint of this project") from err
-    except (RuntimeError, OSError, EOFError) as err:
-        raise ConfigError(f"{checkpoint} is not a readable checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
+        if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
+            raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
+                              "it is not a checkpoint of this project") from err
+        detail = (str(err).strip().splitlines() or [""])[0][:120]
+        raise ConfigError(f"{checkpoint} is not a readable checkpoint ({type(err).__name__}: {detail})") from err
+    if not isinstance(state, dict):
+        raise ConfigError(f"{checkpoint} holds a {type(state).__name__}, not a checkpoint of this project")
     try:
         config = Stage1Config.from_params(state["hyper_parameters"]["params"])
-    except (KeyError, TypeError) as err:
-        raise ConfigError(f"{checkpoint} is not a checkpoint of this project (no saved parameters)") from err
+        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{checkpoint} is not a checkpoint of this project (no saved parameters "
+                          "and weights)") from err
     model = build_dual_encoder(config)
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
+                          f"{str(err).splitlines()[-1].strip()[:200]}") from err
     if missing or unexpected:
         raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
                           f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")

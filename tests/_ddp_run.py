@@ -9,7 +9,6 @@ import os
 import sys
 
 import lightning.pytorch as pl
-import torch
 
 devices, out_path, home = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ["SALSA_HOME"] = home

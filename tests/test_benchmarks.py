@@ -43,6 +43,8 @@ FAKE = {
                  "notebooks": [{"notebook": "00_data", "seconds": 3.0, "peak_rss_mb": 700.0}],
                  "notebook_seconds_total": 3.0, "wall_s": 5.0, "peak_rss_mb": 700.0,
                  "target": {"wall_s": 600, "met": True}},
+    "setup": {"date": "2026-01-01 10:00", "machine": "fake", "commit": "abc1234", "fresh_s": 90.0,
+              "reuse_s": 1.5, "venv_gb": 6.6},
     "extra": {"date": "2026-01-01", "nested": {"speed": 7.5, "flag": True}, "listed": [1, 2]},
 }
 
@@ -81,6 +83,7 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     assert not any(r["figure"] == "nested.flag" for r in result["figures"])
     ratios = {(r["benchmark"], r["ratio"]): r["value"] for r in result["ratios"]}
     assert ratios[("data", "cache vs librosa (throughput)")] == 10.0
+    assert ratios[("setup", "first vs second run")] == 60.0
     assert ratios[("search", "FAISS vs exact p50 latency, 1,000 vectors")] == 4.0
     assert ratios[("models", "paper shapes vs tiny, seconds per clip in training")] == 200.0
 

@@ -1,10 +1,11 @@
 """Reliability drills: kill -9 mid-work and rerun, determinism, bad input through the command lines.
 
 Each drill runs the real code in a subprocess where a crash must be simulated, and checks what a
-user would see afterwards. Checkpoint safety (pickled code in a .ckpt) and archive safety (path
-traversal in downloads) already have their own tests: tests/test_stage1.py
-(test_load_member_roundtrip_and_refusals) and tests/test_clotho.py; they are not repeated here,
-except that drill 5c checks the evaluation *command line* refuses such a checkpoint cleanly.
+user would see afterwards. Bad input: every class of the data issue through the data command
+(``python -m salsa_lib.datasets``) and one through ``./run_all.sh``; the demo's through the search
+command. Checkpoint safety (pickled code in a .ckpt) and archive safety (path traversal in
+downloads) have their own tests: tests/test_stage1.py (test_load_member_roundtrip_and_refusals) and
+tests/test_clotho.py; here the evaluation *command line* is checked to refuse such a checkpoint cleanly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -339,38 +339,183 @@ def test_evaluation_refuses_a_checkpoint_with_code_without_traceback(tmp_path):
     _assert_clean_failure(result, "error:", "evil.ckpt")
 
 
+CSV = "clotho_captions_development.csv"
+CLIPS = ["a.wav", "b.wav", "c.wav"]  # CSV lines 2, 3, 4
+
+
 def _custom_set(root: Path) -> None:
-    """A two-clip custom set in the ClothoV2 layout whose second clip is not audio."""
+    """A small, valid custom set in the ClothoV2 layout (development split only)."""
     import numpy as np
     import soundfile as sf
 
     (root / "development").mkdir(parents=True)
-    sf.write(root / "development" / "good.wav", np.zeros(16000, dtype=np.float32) + 0.1, 16000)
-    (root / "development" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
-    captions = ",".join(f"caption_{k}" for k in range(1, 6))
-    rows = [f"{name},{','.join(f'{name} sound number {k}' for k in range(1, 6))}" for name in ("good.wav", "broken.wav")]
-    (root / "clotho_captions_development.csv").write_text("\n".join([f"file_name,{captions}", *rows]) + "\n")
+    for k, name in enumerate(CLIPS):
+        sf.write(root / "development" / name, 0.1 * np.sin(np.arange(8000) * (k + 1) / 20), 16000)
+    header = "file_name," + ",".join(f"caption_{k}" for k in range(1, 6))
+    rows = [f"{name}," + ",".join(f"sound {name[0]} number {k}" for k in range(1, 6)) for name in CLIPS]
+    (root / CSV).write_text("\n".join([header, *rows]) + "\n")
 
 
-def test_custom_dataset_with_corrupt_wav(tmp_path, monkeypatch):
-    from salsa_lib.errors import DataError
+def _break(root: Path, case: str, clip_name: str = "b.wav") -> None:
+    """Damage one clip (b.wav: CSV line 3) or the CSV, one bad-input class of the data issue each."""
+    import numpy as np
+    import soundfile as sf
 
-    monkeypatch.setenv("SALSA_HOME", str(tmp_path / "home"))
+    clip, csv_path = root / "development" / clip_name, root / CSV
+    if case == "truncated audio":
+        clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    elif case == "corrupt audio":
+        clip.write_bytes(clip.read_bytes()[:44] + bytes(range(256)) * 8)
+    elif case == "empty file":
+        clip.write_bytes(b"")
+    elif case == "zero-length audio":
+        sf.write(clip, np.zeros(0, dtype=np.float32), 16000)
+    elif case == "not audio":
+        clip.write_text("this is a text file with a .wav name\n" * 20)
+    elif case == "missing file":
+        clip.unlink()
+    elif case == "missing column":
+        lines = csv_path.read_text().splitlines()
+        csv_path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    elif case == "empty caption":
+        csv_path.write_text(csv_path.read_text().replace("sound b number 3", "  "))
+    elif case == "not UTF-8":
+        csv_path.write_bytes(csv_path.read_bytes().replace(b"sound b number 3", "caf\u00e9 b".encode("latin-1")))
+    else:
+        raise ValueError(case)
+
+
+AUDIO_CASES = ["truncated audio", "corrupt audio", "empty file", "zero-length audio", "not audio", "missing file"]
+# what the message must name besides the CSV file: the row, and the field or value at fault
+CSV_CASES = {"missing column": ["caption_5"], "empty caption": ["line 3", "caption_3"],
+             "not UTF-8": ["line 3", "UTF-8"]}
+
+
+def _prepare(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli(tmp_path / "home", "salsa_lib.datasets", "--data-root", str(tmp_path / "mine"),
+                "--splits", "train", *extra)
+
+
+def _cache_files(home: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (home / "data" / "cache").rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", AUDIO_CASES + list(CSV_CASES))
+def test_bad_data_through_the_data_command_fails_cleanly_and_keeps_the_cache(tmp_path, case):
+    _custom_set(tmp_path / "mine")
+    good = _prepare(tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "development" in good.stdout and " 3 " in good.stdout  # the statistics table: 3 clips
+    cached = _cache_files(tmp_path / "home")
+    assert cached
+
+    _break(tmp_path / "mine", case)
+    result = _prepare(tmp_path)
+    needles = CSV_CASES.get(case, ["line 3", "b.wav"])
+    _assert_clean_failure(result, "error:", CSV, *needles)
+    assert _cache_files(tmp_path / "home") == cached  # the good cache is untouched
+
+
+def test_skip_bad_clips_through_the_data_command_reports_each_one(tmp_path):
+    """Every audio class at once (one per clip), skipped and listed with its CSV line."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
     root = tmp_path / "mine"
     _custom_set(root)
-    config = DataConfig(dataset="custom", data_root=str(root))
-    datasets.fetch(config, progress=False)
-    with pytest.raises(DataError) as info:
-        datasets.load_splits(config, splits=("train",), progress=False)
-    message = str(info.value)
-    assert "broken.wav" in message and "line 3" in message and "clotho_captions_development.csv" in message
+    names = [f"bad{k}.wav" for k in range(len(AUDIO_CASES))]
+    with open(root / CSV, "a") as f:
+        for name in names:
+            sf.write(root / "development" / name, np.full(8000, 0.1), 16000)
+            f.write(name + "," + ",".join(f"bad clip {name} {k}" for k in range(1, 6)) + "\n")
+    for name, case in zip(names, AUDIO_CASES):
+        _break(root, case, name)
 
-    tolerant = config.replace(skip_bad_clips=True)
-    split = datasets.load_splits(tolerant, splits=("train",), progress=False)["train"]
-    assert split.file_names == ["good.wav"] and split.n_captions == 5
-    report_path = datasets.locate(tolerant).cache_dir / "development_skipped.csv"
-    import pandas as pd
+    strict = _prepare(tmp_path)
+    _assert_clean_failure(strict, "error:", CSV, "line 10", "bad5.wav")  # missing files are checked first
+    tolerant = _prepare(tmp_path, "--skip-bad-clips")
+    assert tolerant.returncode == 0, tolerant.stderr
+    assert "Traceback" not in tolerant.stderr and f"skipped {len(names)} clip(s)" in tolerant.stderr
+    for line, name in enumerate(names, start=5):
+        assert f"line {line}: {name}:" in tolerant.stderr
+    report = next((tmp_path / "home" / "data" / "cache").glob("custom-*/development_skipped.csv"))
+    frame = pd.read_csv(report)
+    assert list(frame.file_name) == names and list(frame.csv_row) == list(range(5, 5 + len(names)))
+    assert frame.reason.str.len().min() > 0
 
-    report = pd.read_csv(report_path)
-    assert list(report.file_name) == ["broken.wav"] and list(report.csv_row) == [3]
-    assert "corrupt" in report.reason[0] or "not an audio file" in report.reason[0]
+
+def test_bad_custom_data_through_run_all(tmp_path):
+    """The same class of error through ./run_all.sh: the runner names the notebook and the message."""
+    root = tmp_path / "mine"
+    _custom_set(root)
+    for split in ("validation", "evaluation"):  # the notebook loads every split
+        (root / split).mkdir()
+        for name in CLIPS:
+            (root / split / name).write_bytes((root / "development" / name).read_bytes())
+        (root / f"clotho_captions_{split}.csv").write_text((root / CSV).read_text())
+    _break(root, "not audio")
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--only", "00", "--quiet", "-p", "dataset", "custom",
+                             "-p", "data_root", str(root)], cwd=REPO, env=_env(tmp_path / "home"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    output = result.stdout + result.stderr
+    assert "00_data" in output and "b.wav" in output and "line 3" in output and CSV in output
+    assert (tmp_path / "home" / "results" / "tiny" / "notebooks" / "00_data.failed.ipynb").exists()
+    assert not (tmp_path / "home" / "results" / "tiny" / "data" / "data_config.json").exists()
+
+
+# --------------------------------------------------------------------------- drill 5: demo input, search CLI
+
+def _search_checkpoint(path: Path) -> None:
+    """A tiny untrained model saved the way training saves it (parameters + state_dict)."""
+    from salsa_lib.model import build_dual_encoder
+
+    config = Stage1Config(profile="test", **TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_dual_encoder(config)
+    torch.save({"hyper_parameters": {"params": config.to_params()},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+def test_bad_demo_input_through_the_search_command(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    checkpoint, sounds = tmp_path / "model.ckpt", tmp_path / "sounds"
+    _search_checkpoint(checkpoint)
+    sounds.mkdir()
+    for k in range(3):
+        sf.write(sounds / f"tone{k}.wav", 0.1 * np.sin(np.arange(16000) * (k + 1) / 10), 16000)
+    (sounds / "notes.wav").write_text("not audio at all\n" * 10)
+    (sounds / "empty.flac").write_bytes(b"")
+
+    def search(query: str, folder: Path = sounds) -> subprocess.CompletedProcess:
+        return _cli(tmp_path, "salsa_lib.search", query, "--model", str(checkpoint), "--audio-dir", str(folder),
+                    "--json")
+
+    long_query = "a dog barks loudly while rain falls " * 12 + "犬が吠える 🐶 собака лает"
+    first = search(long_query)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr
+    report = json.loads(first.stdout)
+    assert len(report["results"]) == 3 and {r["path"] for r in report["results"]} == {f"tone{k}.wav" for k in range(3)}
+    assert sorted(s["path"] for s in report["skipped"]) == ["empty.flac", "notes.wav"]
+    assert any("tokens" in note for note in report["notes"])  # the long query was cut, and said so
+    cache = sounds / ".salsa_index" / f"{report['model_id']}.npz"
+    good_cache = cache.read_bytes()
+
+    emoji = search("🔥🌧️")  # nothing the tokenizer calls a word, but not empty: searched
+    assert emoji.returncode == 0, emoji.stderr
+    assert cache.read_bytes() == good_cache  # nothing changed: the cache is reused as is
+
+    empty_query = _cli(tmp_path, "salsa_lib.search", " \t ", "--model", str(checkpoint), "--audio-dir", str(sounds))
+    _assert_clean_failure(empty_query, "error:", "empty query")
+    empty_folder = tmp_path / "nothing"
+    empty_folder.mkdir()
+    _assert_clean_failure(search("rain", empty_folder), "error:", "no audio files")
+    assert cache.read_bytes() == good_cache
+
+    cache.write_bytes(b"damaged")  # a broken index is rebuilt, with a note, not a crash
+    rebuilt = search("rain")
+    assert rebuilt.returncode == 0 and any("unreadable" in n for n in json.loads(rebuilt.stdout)["notes"])
+    assert len(json.loads(rebuilt.stdout)["results"]) == 3

@@ -102,6 +102,29 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     with pytest.raises(ConfigError, match="pickled objects"):
         stage1.load_member(malicious)
 
+    resized = torch.load(best, weights_only=True)
+    resized["state_dict"]["model.project_audio.weight"] = torch.zeros(3, 3)
+    torch.save(resized, tmp_path / "resized.ckpt")
+    with pytest.raises(ConfigError, match="does not fit.*project_audio.weight"):
+        stage1.load_member(tmp_path / "resized.ckpt")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "not a readable checkpoint"),
+    (b"a text file, not a checkpoint", "not a readable checkpoint"),
+    ("tensor", "holds a Tensor"),
+    ({"epoch": 3}, "no saved parameters"),
+])
+def test_load_member_names_the_file_for_anything_else(tmp_path, content, expected):
+    path = tmp_path / "odd.ckpt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(torch.zeros(3) if content == "tensor" else content, path)
+    with pytest.raises(ConfigError, match=expected) as info:
+        stage1.load_member(path)
+    assert "odd.ckpt" in str(info.value)
+
 
 class _CodeRunner:
     def __reduce__(self):
