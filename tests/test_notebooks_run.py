@@ -54,3 +54,23 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
 
     assert runner.main(argv) == 0  # everything current: nothing reruns
     assert capsys.readouterr().out.count("up to date, skipped") == len(NOTEBOOK_STAGES)
+
+    # determinism drill: the whole profile again from scratch (--force retrains every model) with the
+    # same seeds gives identical tables, metrics included; only timings and dates may differ
+    first = _tables(results)
+    assert runner.main(argv + ["--force"]) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 0
+    second = _tables(results)
+    assert first.keys() == second.keys() and "metrics.csv" in first
+    for name, table in first.items():
+        pd.testing.assert_frame_equal(table, second[name], obj=name)
+
+
+def _tables(results) -> dict[str, pd.DataFrame]:
+    """Every CSV result of a run without its wall-clock columns."""
+    tables = {}
+    for path in sorted([results / "metrics.csv", *(results / "tables").glob("*.csv")]):
+        table = pd.read_csv(path)
+        clock = [c for c in table.columns if any(w in c.lower() for w in ("second", "time", "date", "when"))]
+        tables[path.name] = table.drop(columns=clock)
+    return tables
