@@ -12,6 +12,10 @@ repeats. Two models:
   windows each) so it fits a laptop's memory. The paper trains batch 64 in fp16 on a GPU: this figure
   only says how heavy one step is on this CPU.
 
+Paper shapes also give an estimate of the GPU memory of the paper's recipe (batch 64, fp16 AMP):
+16 bytes per trainable parameter for weights, gradients and AdamW moments, plus the activations autograd
+saves in one forward pass, measured at the small batch and scaled linearly (see ``memory_estimate``).
+
 Embedding (tiny model, eval mode, no gradients): audio clips/s (5 s clips) and captions/s.
 Writes results/benchmarks/models.json.
 
@@ -133,7 +137,46 @@ class RandomRoberta(nn.Module):
         return self.model(input_ids=token_ids, attention_mask=torch.ones_like(token_ids)).last_hidden_state[:, 0]
 
 
-def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: int) -> dict:
+def saved_activation_bytes(model: nn.Module, forward_loss) -> int:
+    """Bytes of the tensors autograd keeps for backward during one forward pass (weights excluded).
+
+    Device-independent, unlike a CPU memory peak: these activations are what a GPU must also hold
+    between forward and backward, and they grow linearly with the batch.
+    """
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = forward_loss()
+    del loss
+    return sum(saved.values())
+
+
+def memory_estimate(model: nn.Module, activation_bytes: int, batch: int, target_batch: int) -> dict:
+    """GPU memory the paper's recipe needs, extrapolated from measured shapes (not a GPU measurement).
+
+    Static: fp32 weights + gradients + AdamW's two moments = 16 bytes per trainable parameter (the
+    paper's fp16 AMP keeps fp32 master weights). Activations: measured at ``batch`` in fp32, scaled
+    linearly to ``target_batch``; fp16 AMP stores most of them in half precision, so the true figure
+    lies between half and all of the fp32 one. CUDA context, allocator slack and workspaces come on top.
+    """
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    static = 16 * trainable + 4 * frozen
+    scaled = activation_bytes * target_batch / batch
+    return {"static_gb": round(static / 1e9, 2), "activations_fp32_gb_at_measured_batch": round(activation_bytes / 1e9, 2),
+            "measured_batch": batch, "target_batch": target_batch,
+            "activations_fp32_gb_at_target_batch": round(scaled / 1e9, 1),
+            "total_gb_fp16_amp_range": [round((static + scaled / 2) / 1e9, 1), round((static + scaled) / 1e9, 1)]}
+
+
+def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: int, target_batch: int = 64) -> dict:
     from salsa_lib.encoders import PAPER_PASST, AudioEncoder, build_passt
     from salsa_lib.model import DualEncoder
 
@@ -149,15 +192,19 @@ def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: i
     token_ids = torch.randint(3, 50265, (batch, tokens), generator=generator)
     ids = torch.arange(batch)
 
-    def step():
+    def forward_loss():
         model.train()
-        optimizer.zero_grad(set_to_none=True)
         audio_embeddings = model.embed_audio(audio, lengths)
         text_embeddings = nn.functional.normalize(model.project_text(model.text_encoder(token_ids)), dim=-1)
-        contrastive_loss(model.logits(audio_embeddings, text_embeddings), ids).backward()
+        return contrastive_loss(model.logits(audio_embeddings, text_embeddings), ids)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        forward_loss().backward()
         optimizer.step()
 
     train = _train_figures(_time_steps(step, warmup, repeats), batch)
+    memory = memory_estimate(model, saved_activation_bytes(model, forward_loss), batch, target_batch)
     return {
         "model": f"{PAPER_PASST} (random weights, {window:g} s windows) + RoBERTa-large shapes "
                  f"(random weights, {tokens} random token ids), embed_dim 1024, fp32, everything trains",
@@ -166,6 +213,7 @@ def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: i
         "parameters": {"audio_encoder": _count(model.audio_encoder), "text_encoder": _count(model.text_encoder),
                        "all": _count(model)},
         "train": train,
+        "gpu_memory_estimate": memory,
     }
 
 
@@ -196,8 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     paper = None
     if not args.skip_paper:
         paper = bench_paper(args.paper_batch, args.paper_seconds, args.tokens, warmup, args.repeats)
+        memory = paper["gpu_memory_estimate"]
         print(f"paper shapes: {paper['train']['clips_per_s']} clips/s, "
-              f"{paper['train']['seconds_per_step_median']} s/step", flush=True)
+              f"{paper['train']['seconds_per_step_median']} s/step; estimated GPU memory at batch "
+              f"{memory['target_batch']}: {memory['total_gb_fp16_amp_range']} GB", flush=True)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",

@@ -138,6 +138,18 @@ def _summarise_models(d: dict, rows: list, ratios: list) -> None:
             _figure(rows, "models", f"{label}: audio embedding ({m.get('clip_seconds'):g} s clips)",
                     embed.get("audio_clips_per_s"), "clips/s", how)
             _figure(rows, "models", f"{label}: caption embedding", embed.get("captions_per_s"), "captions/s", how)
+    memory = (d.get("paper_shapes") or {}).get("gpu_memory_estimate")
+    if memory:
+        measured, target = memory["measured_batch"], memory["target_batch"]
+        _figure(rows, "models", "paper shapes: weights, gradients and AdamW state", memory["static_gb"], "GB",
+                "16 B per trainable parameter")
+        _figure(rows, "models", f"paper shapes: saved activations at batch {target} (fp32)",
+                memory["activations_fp32_gb_at_target_batch"], "GB",
+                f"autograd's saved tensors measured at batch {measured}, scaled by {target}/{measured}")
+        low, high = memory["total_gb_fp16_amp_range"]
+        _figure(rows, "models", f"paper recipe (batch {target}, fp16 AMP): expected GPU memory", f"{low}-{high}",
+                "GB", "estimate, not a GPU measurement: the state above plus half to all of the activations "
+                "(fp16 AMP); CUDA context and allocator slack come on top")
     tiny, paper = d.get("tiny") or {}, d.get("paper_shapes") or {}
     _ratio(ratios, "models", "paper shapes vs tiny, seconds per clip in training",
            (paper.get("train") or {}).get("clips_per_s") and 1 / paper["train"]["clips_per_s"],
