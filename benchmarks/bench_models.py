@@ -170,7 +170,8 @@ def memory_estimate(model: nn.Module, activation_bytes: int, batch: int, target_
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     static = 16 * trainable + 4 * frozen
     scaled = activation_bytes * target_batch / batch
-    return {"static_gb": round(static / 1e9, 2), "activations_fp32_gb_at_measured_batch": round(activation_bytes / 1e9, 2),
+    return {"static_bytes": static, "activation_bytes_at_target_batch": round(scaled),
+            "static_gb": round(static / 1e9, 2), "activations_fp32_gb_at_measured_batch": round(activation_bytes / 1e9, 2),
             "measured_batch": batch, "target_batch": target_batch,
             "activations_fp32_gb_at_target_batch": round(scaled / 1e9, 1),
             "total_gb_fp16_amp_range": [round((static + scaled / 2) / 1e9, 1), round((static + scaled) / 1e9, 1)]}

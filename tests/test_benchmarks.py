@@ -107,3 +107,26 @@ def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
     assert [r["benchmark"] for r in summary["runs"]] == ["models"] and summary["runs"][0]["returncode"] == 0
     assert _value(summary, "models", "tiny model: training throughput") == models["tiny"]["train"]["clips_per_s"]
     assert "## models" in (tmp_path / "results" / "benchmarks.md").read_text()
+
+
+def test_paper_memory_estimate_counts_activations_not_weights():
+    import torch
+    from torch import nn
+
+    bench_models = _load("bench_models")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 8))
+    model[2].weight.requires_grad_(False)
+
+    def measured(batch):
+        x = torch.randn(batch, 256)
+        return bench_models.saved_activation_bytes(model, lambda: model(x).square().sum())
+
+    one, four = measured(1), measured(4)
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert 0 < one < weight_bytes  # the (large) weights saved for backward are not counted
+    assert four == 4 * one  # activations grow with the batch
+    estimate = bench_models.memory_estimate(model, four, batch=4, target_batch=64)
+    trainable = 256 * 512 + 512 + 8
+    assert estimate["static_bytes"] == 16 * trainable + 4 * 512 * 8  # the frozen layer: weights only
+    assert estimate["activation_bytes_at_target_batch"] == 16 * four
