@@ -181,7 +181,21 @@ def _summarise_setup(d: dict, rows: list, ratios: list) -> None:
            "times longer the first run takes to get its environment")
 
 
-SUMMARISERS = {"data": _summarise_data, "setup": _summarise_setup, "search": _summarise_search, "models": _summarise_models,
+def _summarise_correspondences(d: dict, rows: list, ratios: list) -> None:
+    for run in d.get("runs", []):
+        how = (f"{run['clips']:,} clips x {run['captions']:,} captions, {run['dim']}-d, block {run['block']}; "
+               f"one run")
+        label = f"full-split estimate, {run['teachers']} teachers"
+        _figure(rows, "correspondences", f"{label}: time", run.get("seconds"), "s", how)
+        _figure(rows, "correspondences", f"{label}: peak memory added", run.get("peak_added_gb"), "GB",
+                how + f"; the fp16 inputs ({run.get('fp16_inputs_gb')} GB) come on top")
+    target = d.get("target") or {}
+    if target.get("met") is not None:
+        _figure(rows, "correspondences", f"target: <= {target.get('peak_added_gb')} GB at once at "
+                f"{target.get('clips'):,} clips", "met" if target["met"] else "NOT met")
+
+
+SUMMARISERS = {"data": _summarise_data, "setup": _summarise_setup, "correspondences": _summarise_correspondences, "search": _summarise_search, "models": _summarise_models,
                "pipeline": _summarise_pipeline}
 
 
@@ -262,7 +276,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated benchmark names (data, models, pipeline, search, setup)")
+    parser.add_argument("--only", help="comma-separated benchmark names (correspondences, data, models, pipeline, search, setup)")
     parser.add_argument("--skip", help="comma-separated benchmark names to leave out")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; see above)")
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing, summarise the JSON files")

@@ -45,6 +45,10 @@ FAKE = {
                  "target": {"wall_s": 600, "met": True}},
     "setup": {"date": "2026-01-01 10:00", "machine": "fake", "commit": "abc1234", "fresh_s": 90.0,
               "reuse_s": 1.5, "venv_gb": 6.6},
+    "correspondences": {"date": "2026-01-01 10:00", "machine": "fake", "quick": False,
+                        "runs": [{"teachers": 3, "clips": 3839, "captions": 19195, "dim": 1024, "block": 2048,
+                                  "seconds": 3.0, "peak_added_gb": 0.8, "fp16_inputs_gb": 0.14}],
+                        "target": {"peak_added_gb": 2.0, "clips": 3839, "met": True}},
     "extra": {"date": "2026-01-01", "nested": {"speed": 7.5, "flag": True}, "listed": [1, 2]},
 }
 
@@ -76,6 +80,8 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     assert _value(result, "pipeline", "00_data: peak RSS (process tree)") == 700.0
     assert _value(result, "pipeline", "`./run_all.sh --profile tiny --force --quiet`: wall") == 5.0
     assert _value(result, "pipeline", "target: wall <= 600 s") == "met"
+    assert _value(result, "correspondences", "full-split estimate, 3 teachers: peak memory added") == 0.8
+    assert _value(result, "correspondences", "target: <= 2.0 GB at once at 3,839 clips") == "met"
     # shown relative to the results home, never as this machine's absolute path
     assert result["source_dir"] == "results/benchmarks"
     assert result["sources"]["data"]["file"] == "results/benchmarks/data.json"
@@ -130,3 +136,13 @@ def test_paper_memory_estimate_counts_activations_not_weights():
     trainable = 256 * 512 + 512 + 8
     assert estimate["static_bytes"] == 16 * trainable + 4 * 512 * 8  # the frozen layer: weights only
     assert estimate["activation_bytes_at_target_batch"] == 16 * four
+
+
+def test_correspondence_benchmark_quick_run_writes_its_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("SALSA_HOME", str(tmp_path))
+    assert _load("bench_correspondences").main(["--quick"]) == 0  # also checks block-wise == direct
+    written = json.loads((tmp_path / "results" / "benchmarks" / "correspondences.json").read_text())
+    (run,) = written["runs"]
+    assert run["teachers"] == 2 and run["captions"] == 5 * run["clips"] == 1500
+    assert run["result_gb"] == round(300 * 1500 * 4 / 1e9, 3) and run["peak_added_gb"] >= 0
+    assert written["quick"] is True and written["target"]["met"] is None
