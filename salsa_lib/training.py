@@ -186,8 +186,11 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
     from lightning.pytorch.loggers import CSVLogger
 
     config = module.config
+    # best.ckpt only feeds embedding, stage 2 and evaluation: weights and parameters, no optimizer
+    # state (for the paper's 442 M parameters that is 1.8 GB instead of 5.3 GB); resuming uses last.ckpt
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor="val/mAP@10",
-                                 mode="max", save_on_train_epoch_end=False, enable_version_counter=False)
+                                 mode="max", save_on_train_epoch_end=False, enable_version_counter=False,
+                                 save_weights_only=True)
     # last.ckpt every epoch: ModelCheckpoint(save_last=True) only refreshes it when best.ckpt improves,
     # so a resume would repeat every epoch since the best one. Both save after validation.
     last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", save_top_k=1,

@@ -22,7 +22,11 @@ def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
     table = _train(tiny_stage1)
     folder = stage1.member_dir("test", 0)
     record = json.loads((folder / "run.json").read_text())
-    assert (folder / "checkpoints" / "best.ckpt").exists() and (folder / "checkpoints" / "last.ckpt").exists()
+    best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and best["hyper_parameters"]["params"]["seed"] == tiny_stage1.seed
+    assert last["optimizer_states"]  # what a resume needs
+    assert best["state_dict"].keys() == last["state_dict"].keys()
     assert record["run"]["seed"] == tiny_stage1.seed
     assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
