@@ -37,14 +37,13 @@ from librosa.util.exceptions import ParameterError
 from tqdm.auto import tqdm
 
 from salsa_lib.errors import DataError
-from salsa_lib.files import atomic_path, atomic_write_json
+from salsa_lib.files import atomic_path, atomic_write_json, file_digest
 
 SAMPLE_RATE = 32000
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 SCALE = 32767
 DTYPE = "<i2"
-_HASH_CHUNK = 1 << 24
 
 log = logging.getLogger(__name__)
 
@@ -247,16 +246,13 @@ def _check_array(cache_path: Path, index: dict, verify: bool) -> None:
     actual = array_path.stat().st_size if array_path.is_file() else None
     if actual != expected:
         raise DataError(f"{array_path}: cache array has {actual} bytes, index expects {expected}")
-    if verify and _file_digest(array_path) != index["checksum"]:
+    if verify and file_digest(array_path, _checksum) != index["checksum"]:
         raise DataError(f"{array_path}: cache array checksum mismatch (file corrupted)")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _checksum():
+    """The cache array's checksum: written while the array is, checked when it is opened."""
+    return hashlib.blake2b(digest_size=32)
 
 
 def _source_stamp(name: str, path: Path) -> dict:
@@ -337,7 +333,7 @@ def _build(files, names, sources, cache_path: Path, sample_rate: int, skip_bad: 
 
 def _write_clips(handle, clips, sample_rate: int, skip_bad: bool) -> dict:
     """Decode, quantise and append each clip; return the index entries that describe the array."""
-    digest = hashlib.blake2b(digest_size=32)
+    digest = _checksum()
     index = {"names": [], "offsets": [], "lengths": [], "skipped": []}
     total = 0
     for name, path in clips:

@@ -8,7 +8,6 @@ without running the teachers again. The ensemble estimate averages the members' 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,7 @@ from torch.utils.data import DataLoader
 
 from salsa_lib.data import ClipDataset, ClothoSplit, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.files import atomic_path
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from salsa_lib.files import atomic_path, file_digest
 
 
 @torch.no_grad()

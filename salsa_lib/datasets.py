@@ -143,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = DataConfig(dataset=args.dataset, data_root=args.data_root, skip_bad_clips=args.skip_bad_clips,
                             download=not args.no_download)
-        fetch(config, progress=sys.stderr.isatty())
+        location = fetch(config, progress=sys.stderr.isatty())
         loaded = load_splits(config, splits=splits, progress=sys.stderr.isatty())
     except SalsaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    location = locate(config)
     print(f"data set: {location.root}\naudio cache: {location.cache_dir}")
     print(split_statistics(loaded).to_string(index=False))
     for name, split in loaded.items():

@@ -91,7 +91,7 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
                      truth=None, released=None) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
     """Evaluate every trained model (and the released checkpoint, if given) and write metrics.csv."""
     from salsa_lib import paths, stage1
-    from salsa_lib.correspondences import file_digest
+    from salsa_lib.files import file_digest
     from salsa_lib.files import atomic_write_csv
 
     rows, evaluations = [], {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -42,3 +43,9 @@ def atomic_write_csv(target: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as CSV atomically (no index column)."""
     with atomic_path(target, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str | Callable = "sha256") -> str:
+    """Hex digest of a file, read in chunks (checkpoints and caches run to gigabytes)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()

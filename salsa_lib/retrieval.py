@@ -40,10 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from salsa_lib.audio import SAMPLE_RATE, load_audio
-from salsa_lib.correspondences import file_digest
 from salsa_lib.data import preprocess_caption
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.files import atomic_path
+from salsa_lib.files import atomic_path, file_digest
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 CACHE_FORMAT = 1

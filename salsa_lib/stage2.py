@@ -16,6 +16,7 @@ import torch
 from salsa_lib import correspondences, paths, reports, stage1
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
 from salsa_lib.data import split_fingerprint
+from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
 from salsa_lib.training import RetrievalModule, checkpoint_hparams, fit, make_loaders, train_or_reuse
 
@@ -64,9 +65,10 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> dict
     payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split,
                                                 f / "checkpoints" / "best.ckpt") for f in teachers]
     init_checkpoint = init_folder / "checkpoints" / "best.ckpt"
+    verified = {f.name: p["checkpoint_sha256"] for f, p in zip(teachers, payloads)}  # hashed by load_embeddings
     run = {**config.to_params(), "teacher_members": [f.name for f in teachers],
            "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
-           "init_checkpoint": correspondences.file_digest(init_checkpoint),
+           "init_checkpoint": verified.get(init_folder.name) or file_digest(init_checkpoint),
            "data": {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split)}}
 
     def fit_run() -> dict:

@@ -8,6 +8,7 @@ import torch
 from salsa_lib import correspondences, datasets, stage1, stage2
 from salsa_lib.config import Stage2Config
 from salsa_lib.errors import ConfigError, DataError
+from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypat
     config = Stage2Config(**STAGE2)
     record = stage2.train(config, data, progress=False)
     assert record["run"]["teacher_members"] == ["member0", "member1"]
-    assert record["run"]["init_checkpoint"] == correspondences.file_digest(
+    assert record["run"]["init_checkpoint"] == file_digest(
         stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt")
     student, student_config = stage1.load_member(stage2.run_dir(config) / "checkpoints" / "best.ckpt")
     assert student_config.seed == config.seed and student_config.passt_width == 64  # architecture from stage 1
