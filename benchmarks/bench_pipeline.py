@@ -35,15 +35,10 @@ import pandas as pd
 import psutil
 
 from salsa_lib import paths
+from salsa_lib.config import MINIATURE_OVERRIDES as QUICK_OVERRIDES
 from salsa_lib.files import atomic_write_json
 
 # small values for every stage (the same sizes the notebook test uses)
-QUICK_OVERRIDES = {
-    "n_train_clips": 8, "n_val_clips": 4, "n_test_clips": 4, "clip_seconds": 1.0, "source_sample_rate": 16000,
-    "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
-    "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
-    "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
-}
 
 
 TARGET_WALL_S = 600  # the target for the tiny profile on a 2-core machine

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from salsa_lib.errors import ConfigError
@@ -132,28 +132,16 @@ DATASETS = {"synthetic", "clotho", "custom"}
 
 
 @dataclass(frozen=True)
-class Stage1Config(StageConfig):
-    """Notebook 01: train K dual encoders with the contrastive loss (spec sections 3-6, 8)."""
+class TrainingConfig(StageConfig):
+    """The training recipe shared by stages 1 and 2 (spec 8): declared here once, inherited by both.
 
-    profile: str = "tiny"
-    members: int = 3  # ensemble members; member k trains with seed + k
-    seed: int = 409194  # the README's stage-1 seed
-    audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper)
-    pretrained_audio: bool = False  # paper: AudioSet weights through hear21passt (network once)
-    passt_width: int = 192  # passt_small only: embedding width, layers, heads
-    passt_depth: int = 2
-    passt_heads: int = 3
-    text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
-    text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
-    text_max_length: int = 32  # tokens (spec 4)
-    text_dropout: float = 0.2  # hidden and attention dropout (spec 4)
-    embed_dim: int = 1024  # shared space (spec 5)
-    tau: float = 0.05  # fixed temperature (spec 5)
-    train_seconds: float = 5.0  # random crop / zero pad in training; paper: 30
-    eval_seconds: float = 5.0  # zero pad at evaluation; paper: 30
-    window_seconds: float = 5.0  # PaSST window; paper: 10 (three windows per 30 s clip)
-    batch_size: int = 32  # paper: 64
-    eval_batch_size: int = 32
+    The fields stay flat (papermill parameters); on the command line ``-p stage1.epochs 5`` sets one
+    stage, and only the machine and run fields (``EVERY_STAGE_FIELDS``) may be given unqualified.
+    """
+
+    profile: str = "tiny"  # names the results folder: results/<profile>/
+    batch_size: int = 32  # training batch; paper: 64
+    eval_batch_size: int = 32  # validation forward passes during training
     epochs: int = 3  # paper: 20
     warmup_epochs: float = 1.0  # linear warmup (per step); paper: 1
     rampdown_start: float = 1.0  # cosine from lr to min_lr between these epochs, then constant; paper: 1
@@ -171,24 +159,59 @@ class Stage1Config(StageConfig):
     num_nodes: int = 1
     accumulate_grad_batches: int = 1
     num_workers: int = 0  # DataLoader workers
-    resume: bool = True  # continue from last.ckpt when a member's run was interrupted
+    resume: bool = True  # continue from last.ckpt when a run was interrupted
 
     def validate(self) -> None:
-        for name in ("members", "batch_size", "eval_batch_size", "epochs", "devices", "num_nodes",
-                     "accumulate_grad_batches", "passt_width", "passt_depth", "passt_heads", "embed_dim"):
+        for name in ("batch_size", "eval_batch_size", "epochs", "devices", "num_nodes", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("tau", "train_seconds", "eval_seconds", "window_seconds", "lr_audio_encoder",
-                     "lr_text_encoder", "lr_audio_projection", "lr_text_projection", "min_lr"):
+        for name in ("lr_audio_encoder", "lr_text_encoder", "lr_audio_projection", "lr_text_projection", "min_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.text_dropout < 1:
-            raise ConfigError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         if not 0 <= self.warmup_epochs <= self.rampdown_start < self.rampdown_stop:
             raise ConfigError("need 0 <= warmup_epochs <= rampdown_start < rampdown_stop, got "
                               f"{self.warmup_epochs}, {self.rampdown_start}, {self.rampdown_stop}")
         if self.num_workers < 0 or self.weight_decay < 0:
             raise ConfigError("num_workers and weight_decay must be >= 0")
+
+
+# Fields that mean the same thing in every stage that has them (the machine and the run, not the
+# method): the only names ``-p`` accepts without a stage qualifier when several stages define them.
+EVERY_STAGE_FIELDS = frozenset({"precision", "accelerator", "devices", "strategy", "num_nodes", "num_workers",
+                                "resume"})
+
+
+@dataclass(frozen=True)
+class Stage1Config(TrainingConfig):
+    """Notebook 01: train K dual encoders with the contrastive loss (spec sections 3-6, 8)."""
+
+    members: int = 3  # ensemble members; member k trains with seed + k
+    seed: int = 409194  # the README's stage-1 seed
+    audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper)
+    pretrained_audio: bool = False  # paper: AudioSet weights through hear21passt (network once)
+    passt_width: int = 192  # passt_small only: embedding width, layers, heads
+    passt_depth: int = 2
+    passt_heads: int = 3
+    text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
+    text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
+    text_max_length: int = 32  # tokens (spec 4)
+    text_dropout: float = 0.2  # hidden and attention dropout (spec 4)
+    embed_dim: int = 1024  # shared space (spec 5)
+    tau: float = 0.05  # fixed temperature (spec 5)
+    train_seconds: float = 5.0  # random crop / zero pad in training; paper: 30
+    eval_seconds: float = 5.0  # zero pad at evaluation; paper: 30
+    window_seconds: float = 5.0  # PaSST window; paper: 10 (three windows per 30 s clip)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("members", "passt_width", "passt_depth", "passt_heads", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("tau", "train_seconds", "eval_seconds", "window_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
 
 @dataclass(frozen=True)
@@ -211,37 +234,17 @@ class CorrespondenceConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class Stage2Config(StageConfig):
+class Stage2Config(TrainingConfig):
     """Notebook 03: distil the estimated correspondences into a stage-1 model (spec 7.3, 8)."""
 
-    profile: str = "tiny"
     teachers: str = "ensemble"  # ensemble (all stage-1 members) or self (only the initial member)
     init_member: int = 0  # the stage-1 member whose best checkpoint initialises the student
     sup_weight: float = 0.0  # weight of L_sup; the paper's recipe: 0
     distill_weight: float = 1.0  # weight of L_dist; the paper's recipe: 1
     seed: int = 523528930  # the README's stage-2 seed
-    batch_size: int = 32  # paper: 64
-    eval_batch_size: int = 32
-    epochs: int = 3  # paper: 20
-    warmup_epochs: float = 1.0  # same schedule as stage 1 (spec 8)
-    rampdown_start: float = 1.0
-    rampdown_stop: float = 3.0  # paper: 15
-    lr_audio_encoder: float = 5e-4  # paper: 2e-5 for all four groups
-    lr_text_encoder: float = 5e-5
-    lr_audio_projection: float = 1e-3
-    lr_text_projection: float = 1e-3
-    min_lr: float = 1e-7
-    weight_decay: float = 0.0
-    precision: str = "32-true"  # paper: 16-mixed on GPU
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    accumulate_grad_batches: int = 1
-    num_workers: int = 0
-    resume: bool = True
 
     def validate(self) -> None:
+        super().validate()
         if self.teachers not in ("ensemble", "self"):
             raise ConfigError(f"teachers={self.teachers!r}; choose ensemble or self")
         if self.init_member < 0:
@@ -249,8 +252,6 @@ class Stage2Config(StageConfig):
         if self.sup_weight < 0 or self.distill_weight < 0 or self.sup_weight + self.distill_weight == 0:
             raise ConfigError(f"need non-negative loss weights, not both zero: sup_weight={self.sup_weight}, "
                               f"distill_weight={self.distill_weight}")
-        # the training fields obey the same rules as stage 1's
-        Stage1Config(**{k: v for k, v in self.to_params().items() if k in Stage1Config.field_names()})
 
 
 @dataclass(frozen=True)
@@ -295,56 +296,83 @@ class DemoConfig(StageConfig):
 # --------------------------------------------------------------------------- profiles
 
 
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "data": DataConfig, "stage1": Stage1Config, "correspondences": CorrespondenceConfig,
+    "stage2": Stage2Config, "evaluation": EvaluationConfig, "demo": DemoConfig,
+}
+# notebook file stem prefix -> the stage (a key of STAGE_CONFIGS) holding that notebook's config
+NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation", "05": "demo"}
+
+
 @dataclass(frozen=True)
 class Profile:
-    """A named set of stage configs; a notebook runs only if its stage is in the profile."""
+    """A named set of stage configs, one per notebook; every config carries the profile's name."""
 
     name: str
     description: str
-    data: DataConfig = field(default_factory=DataConfig)
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
+    data: DataConfig
+    stage1: Stage1Config
+    correspondences: CorrespondenceConfig
+    stage2: Stage2Config
+    evaluation: EvaluationConfig
+    demo: DemoConfig
+
+    def __post_init__(self) -> None:
+        wrong = {stage: config.profile for stage, config in self.stage_configs().items() if config.profile != self.name}
+        if wrong:
+            raise ConfigError(f"profile {self.name!r}: stage configs name another profile: {wrong}")
+
+    @classmethod
+    def build(cls, name: str, description: str, **stage_params: Mapping[str, Any]) -> "Profile":
+        """The profile whose stage configs are the defaults changed by ``stage_params[stage]``."""
+        unknown = sorted(set(stage_params) - set(STAGE_CONFIGS))
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGE_CONFIGS)}")
+        configs = {stage: config_class.from_params({**stage_params.get(stage, {}), "profile": name})
+                   for stage, config_class in STAGE_CONFIGS.items()}
+        return cls(name=name, description=description, **configs)
 
     def stage_configs(self) -> dict[str, StageConfig]:
-        return {name: getattr(self, name) for name in NOTEBOOK_STAGES.values() if hasattr(self, name)}
+        return {stage: getattr(self, stage) for stage in STAGE_CONFIGS}
 
 
-# notebook file stem prefix -> Profile attribute holding that notebook's config
-NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation", "05": "demo"}
+# The README recipe of the original work (spec 8), for both training stages
+PAPER_TRAINING = dict(
+    batch_size=64, eval_batch_size=32, epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0,
+    lr_audio_encoder=2e-5, lr_text_encoder=2e-5, lr_audio_projection=2e-5, lr_text_projection=2e-5,
+    precision="16-mixed", accelerator="gpu", num_workers=8,
+)
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny",
-        description="synthetic benchmark, small random PaSST, packaged MiniLM; 2-core CPU in minutes",
-        data=DataConfig(profile="tiny"),
+    "tiny": Profile.build(
+        "tiny", "synthetic benchmark, small random PaSST, packaged MiniLM; 2-core CPU in minutes",
     ),
-    "clotho": Profile(
-        name="clotho",
-        description="the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
-        data=DataConfig(profile="clotho", dataset="clotho"),
-        stage1=Stage1Config(  # the README recipe (spec 8): one member, seed 409194
-            profile="clotho", members=1, seed=409194, audio_encoder="passt_s_p16_s16_128_ap468",
+    "clotho": Profile.build(
+        "clotho", "the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
+        data=dict(dataset="clotho"),
+        stage1=dict(  # one member, seed 409194, PaSST-S (AudioSet) + roberta-large, 30 s as 3 x 10 s
+            PAPER_TRAINING, members=1, seed=409194, audio_encoder="passt_s_p16_s16_128_ap468",
             pretrained_audio=True, text_encoder="roberta-large", text_trainable_layers=-1,
-            train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0, batch_size=64, eval_batch_size=32,
-            epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5,
-            lr_text_encoder=2e-5, lr_audio_projection=2e-5, lr_text_projection=2e-5,
-            precision="16-mixed", accelerator="gpu", num_workers=8,
+            train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0,
         ),
-        correspondences=CorrespondenceConfig(profile="clotho", batch_size=64, device="cuda"),
-        stage2=Stage2Config(  # README recipe: self-distillation, L_dist only, seed 523528930
-            profile="clotho", teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0,
-            seed=523528930, batch_size=64, eval_batch_size=32, epochs=20, warmup_epochs=1.0,
-            rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5, lr_text_encoder=2e-5,
-            lr_audio_projection=2e-5, lr_text_projection=2e-5, precision="16-mixed", accelerator="gpu",
-            num_workers=8,
+        correspondences=dict(batch_size=64, device="cuda"),
+        stage2=dict(  # self-distillation, L_dist only, seed 523528930
+            PAPER_TRAINING, teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0, seed=523528930,
         ),
-        evaluation=EvaluationConfig(profile="clotho", batch_size=64, device="cuda",
-                                    released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
-        demo=DemoConfig(profile="clotho"),
+        evaluation=dict(batch_size=64, device="cuda", released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
     ),
+}
+
+
+# ``-p`` overrides that shrink the tiny profile to about a minute (tests and the quick benchmark)
+_MINIATURE_TRAINING = dict(batch_size=10, eval_batch_size=4, epochs=1, warmup_epochs=0.5, rampdown_start=0.5,
+                           rampdown_stop=1.0)
+MINIATURE_OVERRIDES: dict[str, object] = {
+    "n_train_clips": 8, "n_val_clips": 4, "n_test_clips": 4, "clip_seconds": 1.0, "source_sample_rate": 16000,
+    "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
+    "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0,
+    **{f"{stage}.{name}": value for stage in ("stage1", "stage2") for name, value in _MINIATURE_TRAINING.items()},
+    "correspondences.batch_size": 10, "evaluation.batch_size": 10,
 }
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt
+from salsa_lib.quiet import silence_third_party_noise
 
 
 class DualEncoder(nn.Module):
@@ -39,6 +40,7 @@ class DualEncoder(nn.Module):
 
 def build_dual_encoder(config) -> DualEncoder:
     """From a Stage1Config (or anything with its model fields)."""
+    silence_third_party_noise()
     passt = build_passt(config.audio_encoder, config.window_seconds, width=config.passt_width,
                         depth=config.passt_depth, heads=config.passt_heads, pretrained=config.pretrained_audio)
     audio = AudioEncoder(passt, config.window_seconds)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from salsa_lib import paths
-from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_json
+from salsa_lib.files import atomic_path, atomic_write_csv
 
 
 def table_path(profile: str, name: str) -> Path:
@@ -19,12 +19,6 @@ def table_path(profile: str, name: str) -> Path:
 def write_table(frame: pd.DataFrame, profile: str, name: str) -> Path:
     path = table_path(profile, name)
     atomic_write_csv(path, frame)
-    return path
-
-
-def write_json(obj, profile: str, name: str) -> Path:
-    path = paths.results_dir(profile) / "tables" / f"{name}.json"
-    atomic_write_json(path, obj)
     return path
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salsa_lib import paths
-from salsa_lib.config import NOTEBOOK_STAGES, StageConfig, get_profile
+from salsa_lib.config import EVERY_STAGE_FIELDS, NOTEBOOK_STAGES, StageConfig, get_profile
 from salsa_lib.errors import ConfigError, SalsaError
 from salsa_lib.files import atomic_write_csv, atomic_write_json
+from salsa_lib.quiet import KERNEL_ARGUMENTS
 
 KERNEL_NAME = "salsa"  # registered by scripts/bootstrap.sh in the project's environment
 
@@ -53,18 +54,37 @@ def plan(profile_name: str, overrides: dict[str, str], notebooks_dir: Path | Non
 
 
 def _apply_overrides(stages: dict[str, StageConfig], overrides: dict[str, str]) -> dict[str, StageConfig]:
-    """``-p KEY VALUE`` sets KEY in every stage that has it; a KEY no stage has is an error."""
-    if "profile" in overrides:
+    """Apply ``-p KEY VALUE`` overrides; see ``resolve_override`` for which stages a KEY reaches."""
+    changes: dict[str, dict[str, object]] = {stage: {} for stage in stages}
+    for key, text in overrides.items():
+        for stage, name in resolve_override(stages, key):
+            changes[stage][name] = stages[stage].parse_value(name, text)
+    return {stage: config.replace(**changes[stage]) for stage, config in stages.items()}
+
+
+def resolve_override(stages: dict[str, StageConfig], key: str) -> list[tuple[str, str]]:
+    """The (stage, field) pairs that ``-p KEY`` sets.
+
+    ``stage1.seed`` names one stage. An unqualified name must be unambiguous: defined by one stage,
+    or a hardware field (same meaning everywhere). Anything else is refused with the stages to choose.
+    """
+    if key == "profile" or key.endswith(".profile"):
         raise ConfigError("set the profile with --profile NAME, not -p profile")
-    known = {name for config in stages.values() for name in config.field_names()}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {unknown}; this profile's notebooks take {sorted(known)}")
-    return {
-        stage: config.replace(**{k: config.parse_value(k, v) for k, v in overrides.items()
-                                 if k in config.field_names()})
-        for stage, config in stages.items()
-    }
+    stage, _, name = key.rpartition(".")
+    if stage:
+        if stage not in stages:
+            raise ConfigError(f"-p {key}: unknown stage {stage!r}; stages are {list(stages)}")
+        if name not in stages[stage].field_names():
+            raise ConfigError(f"-p {key}: {stage} has no parameter {name!r}; it takes {stages[stage].field_names()}")
+        return [(stage, name)]
+    owners = [stage for stage, config in stages.items() if name in config.field_names()]
+    if not owners:
+        known = sorted({n for config in stages.values() for n in config.field_names()} - {"profile"})
+        raise ConfigError(f"unknown parameter {name!r}; this profile's notebooks take {known}")
+    if len(owners) > 1 and name not in EVERY_STAGE_FIELDS:
+        choices = " or ".join(f"-p {stage}.{name}" for stage in owners)
+        raise ConfigError(f"-p {name} is ambiguous: it is defined by the stages {owners}; say {choices}")
+    return [(stage, name) for stage in owners]
 
 
 def select(steps: list[Step], start: str | None = None, only: str | None = None) -> list[Step]:
@@ -128,7 +148,7 @@ def _execute(step: Step, out_dir: Path, quiet: bool) -> float:
         papermill.execute_notebook(
             str(step.notebook), str(running), parameters=step.config.to_params(),
             kernel_name=KERNEL_NAME, cwd=str(step.notebook.parent),
-            progress_bar=not quiet, log_output=not quiet,
+            progress_bar=not quiet, log_output=not quiet, extra_arguments=KERNEL_ARGUMENTS,
         )
     except papermill.PapermillExecutionError as err:
         failed = out_dir / f"{step.name}.failed.ipynb"

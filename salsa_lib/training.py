@@ -27,6 +27,7 @@ from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
 from salsa_lib.model import build_dual_encoder
+from salsa_lib.quiet import silence_third_party_noise
 
 LR_FIELDS = {"audio_encoder": "lr_audio_encoder", "text_encoder": "lr_text_encoder",
              "audio_projection": "lr_audio_projection", "text_projection": "lr_text_projection"}
@@ -186,6 +187,7 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
     from lightning.pytorch.loggers import CSVLogger
 
     config = module.config
+    silence_third_party_noise()  # Lightning's banners and tips
     # best.ckpt only feeds embedding, stage 2 and evaluation: weights and parameters, no optimizer
     # state (for the paper's 442 M parameters that is 1.8 GB instead of 5.3 GB); resuming uses last.ckpt
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor="val/mAP@10",

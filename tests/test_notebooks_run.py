@@ -1,23 +1,18 @@
 """Every notebook executed headlessly by the runner (papermill) on a miniature tiny-profile run."""
 
 import json
+import re
+
+import nbformat
 
 import pandas as pd
 import pytest
 
 from salsa_lib import runner
-from salsa_lib.config import NOTEBOOK_STAGES
+from salsa_lib.config import MINIATURE_OVERRIDES as MINIATURE, NOTEBOOK_STAGES
 
 pytestmark = pytest.mark.slow
 
-MINIATURE = {
-    # 00_data
-    "n_train_clips": 8, "n_val_clips": 4, "n_test_clips": 4, "clip_seconds": 1.0, "source_sample_rate": 16000,
-    # 01_stage1 (and 02/03, which share these names)
-    "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
-    "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
-    "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
-}
 
 
 def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys):
@@ -29,6 +24,8 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert [name[:2] for name in executed] == sorted(NOTEBOOK_STAGES)  # every stage ran
     log = pd.read_csv(results / "run_log.csv")
     assert list(log.status) == ["ok"] * len(NOTEBOOK_STAGES)
+    for notebook in sorted((results / "notebooks").glob("*.ipynb")):  # no warnings or banners for the reader
+        assert stderr_outputs(notebook) == [], notebook.name
 
     data = pd.read_csv(results / "tables" / "data_statistics.csv")
     assert list(data.clips) == [8, 4, 4] and list(data.captions) == [40, 20, 20]
@@ -64,6 +61,14 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert first.keys() == second.keys() and "metrics.csv" in first
     for name, table in first.items():
         pd.testing.assert_frame_equal(table, second[name], obj=name)
+
+
+def stderr_outputs(path) -> list[str]:
+    """What a notebook's cells wrote to stderr, progress bars (tqdm's ``|...| n/N``) left out."""
+    notebook = nbformat.read(path, as_version=4)
+    texts = [output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+             if output.get("name") == "stderr"]
+    return [text for text in texts if not re.fullmatch(r"(\s*[^\n]*\|[^\n]*\| *\d+/\d+[^\n]*\s*)+", text)]
 
 
 def _tables(results) -> dict[str, pd.DataFrame]:
