@@ -194,8 +194,8 @@ def build_index(audio_dir, model, model_id: str, *, cache_path=None, hop_seconds
         entries = {rel: reused.get(rel) or embedded[rel] for rel, *_ in listing.files if rel in reused or rel in embedded}
         stamps = {rel: (size, mtime) for rel, _, size, mtime in listing.files}
         bad = [(rel, *stamps[rel], reasons[rel]) for rel in sorted(reasons)]
-        stats = {"reused": len(reused), "embedded": len(embedded), "removed": len(set(cached) | set(cached_bad)
-                                                                                  - set(stamps))}
+        removed = (set(cached) | set(cached_bad)) - set(stamps)
+        stats = {"reused": len(reused), "embedded": len(embedded), "removed": len(removed)}
         if todo or note or rebuild or stats["removed"] or not cache_path.exists():
             try:
                 write_cache(cache_path, meta, entries, bad)

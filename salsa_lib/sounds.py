@@ -38,6 +38,7 @@ _FOREIGN_MAGIC = {b"ftyp": "MPEG-4/AAC (m4a)", b"\x30\x26\xb2\x75": "Windows Med
                   b"MAC ": "Monkey's Audio (ape)", b"wvpk": "WavPack", b"\x1a\x45\xdf\xa3": "Matroska/WebM",
                   b"#!AMR": "AMR"}
 _AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b".snd", b"caff", b"riff")
+DISAPPEARED = "disappeared after it was listed (deleted or moved while indexing)"
 BLOCK_SECONDS = 30.0  # decoded per read: large enough for fast I/O, small enough to keep memory flat
 
 
@@ -105,8 +106,6 @@ def probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None, bool]:
     try:
         with quiet_stderr():
             info = sf.info(str(path))
-    except FileNotFoundError:
-        return None, "disappeared after it was listed (deleted or moved while indexing)", True
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         return None, *_failure(path, err)
     if info.frames <= 0 or info.samplerate <= 0:
@@ -119,6 +118,8 @@ def _failure(path: Path, err: Exception) -> tuple[str, bool]:
     try:
         with open(path, "rb") as handle:
             head = handle.read(12)
+    except FileNotFoundError:
+        return DISAPPEARED, True
     except OSError as exc:
         return f"cannot read ({exc.strerror})", True
     for magic, name in _FOREIGN_MAGIC.items():
@@ -142,8 +143,8 @@ def _mpeg_frame(head: bytes) -> bool:
 
 def decode_error(path: Path, err: Exception) -> DataError:
     """A DataError with a bare ``reason`` for a failure part-way through a file."""
-    if isinstance(err, FileNotFoundError):
-        reason = "disappeared after it was listed (deleted or moved while indexing)"
+    if isinstance(err, FileNotFoundError) or not path.exists():
+        reason = DISAPPEARED
     elif isinstance(err, OSError) and not isinstance(err, sf.LibsndfileError):
         reason = f"cannot read ({err.strerror or err})"
     else:
@@ -210,3 +211,13 @@ def _reason(path: Path, reason: str) -> DataError:
 def readable_formats() -> dict[str, str]:
     """libsndfile's container formats on this install (e.g. WAV, FLAC, OGG, MP3, AIFF)."""
     return dict(sf.available_formats())
+
+
+def read_span(path: Path, start: float, end: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples of seconds [start, end) at ``sample_rate``, read by seeking (not the whole file)."""
+    with quiet_stderr(), sf.SoundFile(str(path)) as handle:
+        rate = handle.samplerate
+        handle.seek(min(int(start * rate), handle.frames))
+        data = handle.read(max(0, int((end - start) * rate)), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1, dtype=np.float32)
+    return mono if rate == sample_rate else soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
