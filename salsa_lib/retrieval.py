@@ -183,7 +183,7 @@ def build_index(audio_dir, model, model_id: str, *, cache_path=None, hop_seconds
     with folder_lock(cache_path, lock_timeout, notes):
         listing = sounds.list_files(root)
         if not listing.files and not listing.problems:
-            raise DataError(f"no files in {root} (hidden files and folders are not searched)")
+            raise DataError(f"no audio files in {root}: it holds no files (hidden files and folders are not searched)")
         cached, cached_bad, note = ({}, {}, None) if rebuild else read_cache(cache_path, meta)
         notes += [note] if note else []
         reused, reasons, todo, non_audio = _probe_all(listing.files, cached, cached_bad)

@@ -31,10 +31,11 @@ BACKENDS = ("auto", "exact", "faiss")
 
 
 def format_time(seconds: float) -> str:
-    """03:20, or 1:03:20 from an hour on."""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+    """03:20, 1:03:20 from an hour on, 00:01.5 where a (short) window starts between seconds."""
+    tenths = int(round(seconds * 10))
+    hours, rest = divmod(tenths // 10, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+    return text + (f".{tenths % 10}" if tenths % 10 else "")
 
 
 @dataclass(frozen=True)
