@@ -275,3 +275,18 @@ def test_cli_errors_exit_1_without_traceback(tmp_path, sounds, checkpoint, capsy
         assert search.main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("error:") and expected in err and "Traceback" not in err
+
+
+def test_demo_plays_only_the_span_and_reads_the_score_for_people(tmp_path):
+    import io
+
+    from salsa_lib import demo
+
+    path = tmp_path / "long.ogg"
+    sf.write(path, _tone(30.0, 22050, 440), 22050)
+    clip, rate = sf.read(io.BytesIO(demo.span_wav(path, 10.0, 12.5)))
+    assert rate == SR and len(clip) == pytest.approx(2.5 * SR, abs=2)
+    assert demo.spectrogram_png(path, 10.0, 12.5).startswith(b"\x89PNG")
+    vectors = np.eye(4, dtype=np.float32)
+    index = retrieval.AudioIndex.from_embeddings([f"{i}.wav" for i in range(4)], vectors, "m")
+    assert demo.standing(index, vectors[0], 1.0) == "better than 75 % of 4 moments"
