@@ -9,10 +9,11 @@ lists; at least ``NPROBE`` visited, more when a recall check at build time asks 
 ``k_factor × k`` rows, re-ranked with 8-bit scalar-quantised rows (``faiss.IndexRefine`` over
 ``IndexScalarQuantizer(QT_8bit)``): 1.2 GB per million 1024-d rows instead of 4 GB of float32; the
 scores shown are recomputed from the float32 rows while the index holds them. Chosen from
-``benchmarks/bench_search.py`` (see its docstring): scanning every code (``kind="flat"``) needs no
-k-means and copes with structureless vectors, but at 1 M rows costs ~10 ms per query on 2 cores
-before re-ranking; HNSW's graph takes far longer than a few minutes to build at 1 M x 1024 there.
-``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
+``benchmarks/bench_search.py``: below ``IVF_FROM`` rows every code is scanned instead (``flat``:
+faster there, no k-means); at 1 M clustered rows the inverted file answers in less time than the
+scan at higher recall; HNSW's graph takes far longer than a few minutes to build at 1 M x 1024 on
+2 cores. On structureless rows no index is fast: the recall check then raises nprobe towards a
+full scan, trading speed for recall. ``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from salsa_lib.errors import ConfigError
 
 FAISS_THRESHOLD = 100_000  # below: exact search takes <= ~20 ms on 2 cores (benchmarks/bench_search.py)
 NPROBE = 32  # inverted lists visited per query (of ~sqrt(N)) at least; raised at build until recall@10 >= 0.95
+IVF_FROM = 300_000  # bench_search.py: scanning all codes wins at 100k rows, the inverted file at 1M
 K_FACTOR = 50  # rows re-ranked with 8-bit codes per wanted row: cheap (< 1 ms), so generous
 BACKENDS = ("auto", "exact", "faiss")
 
@@ -79,7 +81,7 @@ class AudioIndex:
     cache_path: Path | None = None
     backend: str = "auto"
     k_factor: int = K_FACTOR
-    faiss_kind: str = "ivf"
+    faiss_kind: str = "auto"  # "flat", "ivf", or by size (IVF_FROM)
     _faiss: object = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -180,7 +182,8 @@ class AudioIndex:
     def faiss_index(self):
         """The FAISS index, built on first use and kept: 1-bit codes + 8-bit rows (see module docstring)."""
         if self._faiss is None:
-            self._faiss = build_faiss(self.embeddings, self.faiss_kind)
+            kind = self.faiss_kind if self.faiss_kind != "auto" else "ivf" if self.windows >= IVF_FROM else "flat"
+            self._faiss = build_faiss(self.embeddings, kind)
         return self._faiss
 
     def drop_vectors(self) -> None:
