@@ -291,3 +291,12 @@ def test_demo_plays_only_the_span_and_reads_the_score_for_people(tmp_path):
     vectors = np.eye(4, dtype=np.float32)
     index = retrieval.AudioIndex.from_embeddings([f"{i}.wav" for i in range(4)], vectors, "m")
     assert demo.standing(index, vectors[0], 1.0) == "better than 75 % of 4 moments"
+
+
+def test_search_needs_no_training_framework():
+    import subprocess
+    import sys
+
+    code = "import sys, salsa_lib.search, salsa_lib.demo; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
