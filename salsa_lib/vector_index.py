@@ -5,15 +5,16 @@ contiguous and in time order). A file's score is its best window's score, so a s
 long recording is found and its moment reported; ``per_file=False`` lists every window instead.
 
 **Backends.** ``exact``: one matrix-vector product. ``faiss``: an inverted file (~sqrt(N) k-means
-lists; at least ``NPROBE`` visited, more when a recall check at build time asks for it) of 1-bit RaBitQ fast-scan codes (136 bytes per 1024-d row) proposes
+lists, ``NPROBE`` visited) of 1-bit RaBitQ fast-scan codes (136 bytes per 1024-d row) proposes
 ``k_factor × k`` rows, re-ranked with 8-bit scalar-quantised rows (``faiss.IndexRefine`` over
-``IndexScalarQuantizer(QT_8bit)``): 1.2 GB per million 1024-d rows instead of 4 GB of float32; the
-scores shown are recomputed from the float32 rows while the index holds them. Chosen from
+``IndexScalarQuantizer(QT_8bit)``): 1.1 GB per million 1024-d rows instead of 4 GB of float32; the
+scores shown are recomputed from the float32 rows while the index holds them. nprobe and k_factor
+are raised at build until a recall check passes (``calibrate``). Chosen from
 ``benchmarks/bench_search.py``: below ``IVF_FROM`` rows every code is scanned instead (``flat``:
 faster there, no k-means); at 1 M clustered rows the inverted file answers in less time than the
 scan at higher recall; HNSW's graph takes far longer than a few minutes to build at 1 M x 1024 on
-2 cores. On structureless rows no index is fast: the recall check then raises nprobe towards a
-full scan, trading speed for recall. ``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
+2 cores. On structureless rows no index is fast: the recall check then raises nprobe and k_factor
+towards a full scan, trading speed for recall. ``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from salsa_lib.errors import ConfigError
 FAISS_THRESHOLD = 100_000  # below: exact search takes <= ~20 ms on 2 cores (benchmarks/bench_search.py)
 NPROBE = 32  # inverted lists visited per query (of ~sqrt(N)) at least; raised at build until recall@10 >= 0.95
 IVF_FROM = 300_000  # bench_search.py: scanning all codes wins at 100k rows, the inverted file at 1M
-K_FACTOR = 50  # rows re-ranked with 8-bit codes per wanted row: cheap (< 1 ms), so generous
+K_FACTOR = 50  # rows re-ranked with 8-bit codes per wanted row at least (cheap: < 1 ms); raised at build if needed
 BACKENDS = ("auto", "exact", "faiss")
 
 
@@ -80,7 +81,7 @@ class AudioIndex:
     stats: dict = field(default_factory=dict)
     cache_path: Path | None = None
     backend: str = "auto"
-    k_factor: int = K_FACTOR
+    k_factor: int | None = None  # rows re-ranked per result; None: as calibrated at build
     faiss_kind: str = "auto"  # "flat", "ivf", or by size (IVF_FROM)
     _faiss: object = field(default=None, repr=False, compare=False)
 
@@ -165,7 +166,8 @@ class AudioIndex:
         index, k = self.faiss_index(), wanted
         while True:  # per file: ask for more windows until ``wanted`` distinct files are among them
             k = min(max(k, wanted), self.windows)
-            scores, rows = index.search(q[None], k, params=_refine_params(self.k_factor))
+            params = None if self.k_factor is None else _refine_params(self.k_factor)
+            scores, rows = index.search(q[None], k, params=params)
             rows, scores = rows[0], scores[0]
             keep = rows >= 0
             rows, scores = rows[keep], scores[keep]
@@ -224,17 +226,18 @@ def build_faiss(embeddings: np.ndarray, kind: str = "ivf", chunk: int = 65536):
     index.train(np.ascontiguousarray(embeddings[::step][:chunk]))
     for start in range(0, n, chunk):
         index.add(np.ascontiguousarray(embeddings[start:start + chunk]))
-    if kind == "ivf":
-        calibrate_nprobe(index, base, embeddings)
+    index.k_factor = K_FACTOR
+    calibrate(index, base, embeddings)
     return index
 
 
-def calibrate_nprobe(index, base, embeddings: np.ndarray, target: float = 0.95, n_queries: int = 32) -> float:
-    """Double ``base.nprobe`` until recall@10 against exact search reaches ``target``; returns the recall.
+def calibrate(index, base, embeddings: np.ndarray, target: float = 0.95, n_queries: int = 32) -> float:
+    """Raise nprobe (ivf), then the re-ranking depth, until recall@10 on probe queries reaches ``target``.
 
-    The inverted file is fast only where the rows cluster, as real embeddings do; on structureless rows
-    it would silently miss most neighbours. Probe queries are stored rows pushed halfway to random
-    directions (a caption lands near, not on, its sounds); their exact top 10 costs one pass over the rows.
+    The index is fast only where the rows cluster, as real embeddings do; on structureless rows it
+    would silently miss most neighbours, so it is made slower instead. Probe queries are stored rows
+    pushed halfway to random directions (a caption lands near, not on, its sounds); their exact top 10
+    costs one pass over the rows. Returns the recall reached (capped at nprobe = nlist, k_factor 3200).
     """
     rng = np.random.default_rng(0)
     rows = embeddings[np.sort(rng.choice(len(embeddings), min(n_queries, len(embeddings)), replace=False))]
@@ -244,12 +247,16 @@ def calibrate_nprobe(index, base, embeddings: np.ndarray, target: float = 0.95, 
     k = min(10, len(embeddings))
     scores = np.concatenate([queries @ embeddings[s:s + 262144].T for s in range(0, len(embeddings), 262144)], axis=1)
     truth = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    ivf = hasattr(base, "nprobe")
     while True:
-        _, found = index.search(queries, k, params=_refine_params(K_FACTOR))
+        _, found = index.search(queries, k)
         recall = float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, found)]))
-        if recall >= target or base.nprobe >= base.nlist:
+        if recall >= target or index.k_factor >= 3200 or len(embeddings) <= k * index.k_factor:
             return recall
-        base.nprobe = min(base.nlist, 2 * base.nprobe)
+        if ivf and base.nprobe < base.nlist:
+            base.nprobe = min(base.nlist, 2 * base.nprobe)
+        else:
+            index.k_factor *= 2
 
 
 def _refine_params(k_factor: int):
