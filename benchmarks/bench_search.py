@@ -122,6 +122,7 @@ def bench_size(kind: str, n: int, dim: int, n_queries: int, seed: int) -> dict:
     row = {"kind": kind, "size": n, "generate_s": round(generate_s, 1),
            "exact": timed(index, queries[:20], "exact")}
     row["ivf"] = build(index, "ivf")
+    row["ivf"]["structureless"] = vector_index.structureless(index.faiss_index())
     base = faiss.downcast_index(index.faiss_index().base_index)
     row["ivf"].update(nlist=int(base.nlist), nprobe=int(base.nprobe), k_factor=int(index.faiss_index().k_factor),
                       **timed(index, queries, "faiss", truth))
@@ -130,9 +131,12 @@ def bench_size(kind: str, n: int, dim: int, n_queries: int, seed: int) -> dict:
     for k_factor in FLAT_K_FACTORS:
         index.k_factor = k_factor
         row["flat"][f"k_factor_{k_factor}"] = timed(index, queries, "faiss", truth)
-    for kind in ("ivf", "flat"):
-        row[kind]["met"] = (row[kind]["p50_ms"] <= TARGET["p50_ms"] and row[kind]["recall_at_10"] >= TARGET["recall_at_10"]
-                            and row[kind]["index_gb"] <= TARGET["index_gb"])
+    for index_kind in ("ivf", "flat"):
+        x = row[index_kind]
+        x["met"] = (x["p50_ms"] <= TARGET["p50_ms"] and x["recall_at_10"] >= TARGET["recall_at_10"]
+                    and x["index_gb"] <= TARGET["index_gb"])
+    # the one search uses (faiss_kind "auto"): flat below IVF_FROM rows or where the inverted file found no clusters
+    row["used"] = "flat" if n < vector_index.IVF_FROM or row["ivf"]["structureless"] else "ivf"
     del index, data
     gc.collect()
     print(f"{kind} {n}: {row}", flush=True)
@@ -198,18 +202,18 @@ def main() -> None:
         "index": "ivf: IndexRefine(IndexIVFRaBitQFastScan(~sqrt(N) lists, nprobe), SQ8); flat: "
                  "IndexRefine(IndexRaBitQFastScan(1 bit, qb 8), SQ8); k_factor x top_k rows re-ranked",
         "auto_faiss_threshold": retrieval.FAISS_THRESHOLD, "search": rows, "indexing": indexing,
-        "target": {**TARGET, "met": {r["kind"]: r["ivf"]["met"] for r in rows if r["size"] == TARGET["size"]}},
+        "target": {**TARGET, "met": {r["kind"]: r[r["used"]]["met"] for r in rows if r["size"] == TARGET["size"]}},
         "ivf_from": vector_index.IVF_FROM,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
     out_path = paths.results_dir("benchmarks") / "search.json"
     atomic_write_json(out_path, result)
-    print(f"\n{'kind':>9} {'size':>8} {'exact p50':>9} | index  {'p50':>7} {'recall':>6} {'build s':>7} {'GB':>5} "
+    print(f"\n(* the index search uses: faiss_kind 'auto')\n{'kind':>9} {'size':>8} {'exact p50':>9} | index  {'p50':>7} {'recall':>6} {'build s':>7} {'GB':>5} "
           f"{'nprobe':>6} {'kf':>5}")
     for r in rows:
-        for kind in ("ivf", "flat"):
-            x = r[kind]
-            print(f"{r['kind']:>9} {r['size']:>8} {r['exact']['p50_ms']:>7.1f}ms | {kind:<5} {x['p50_ms']:>5.1f}ms "
+        for index_kind in ("ivf", "flat"):
+            x, used = r[index_kind], "*" if r["used"] == index_kind else " "
+            print(f"{r['kind']:>9} {r['size']:>8} {r['exact']['p50_ms']:>7.1f}ms | {index_kind:<4}{used} {x['p50_ms']:>5.1f}ms "
                   f"{x['recall_at_10']:>6.3f} {x['build_s']:>7.1f} {x['index_gb']:>5.2f} {x.get('nprobe', '-'):>6} "
                   f"{x['k_factor']:>5}")
         print(" " * 31 + "flat at fixed k_factor: " + ", ".join(
@@ -220,7 +224,7 @@ def main() -> None:
               f"files/s cold ({indexing['decode_files_per_s']} files/s decoding alone), "
               f"{indexing['cached_rebuild_files_per_s']} files/s from the cache")
     print(f"goal at 1M (p50 <= {TARGET['p50_ms']:g} ms, recall@10 >= {TARGET['recall_at_10']}, index <= "
-          f"{TARGET['index_gb']:g} GB) met by the ivf index (the one used at 1M): {result['target']['met']}; peak RSS "
+          f"{TARGET['index_gb']:g} GB) met by the index search uses there: {result['target']['met']}; peak RSS "
           f"{result['peak_rss_gb']} GB\nwritten to {out_path}")
 
 

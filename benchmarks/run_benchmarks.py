@@ -90,13 +90,14 @@ def _summarise_data(d: dict, rows: list, ratios: list) -> None:
 def _summarise_search(d: dict, rows: list, ratios: list) -> None:
     how = f"percentiles over {d.get('queries', '?')} queries, top {d.get('top_k', '?')}, dim {d.get('dim', '?')}"
     for row in d.get("search", []):
-        n, ivf = f"{row['size']:,} {row.get('kind', 'random')} vectors", row.get("ivf", {})
+        n, used = f"{row['size']:,} {row.get('kind', 'random')} vectors", row.get("used", "ivf")
+        ivf = row.get(used, {})
         _figure(rows, "search", f"exact p50 latency, {n}", row.get("exact", {}).get("p50_ms"), "ms", "20 queries")
-        _figure(rows, "search", f"FAISS (ivf) p50 latency, {n}", ivf.get("p50_ms"), "ms", how)
-        _figure(rows, "search", f"FAISS (ivf) p95 latency, {n}", ivf.get("p95_ms"), "ms", how)
-        _figure(rows, "search", f"FAISS (ivf) recall@10, {n}", ivf.get("recall_at_10"), "", "vs exact")
-        _figure(rows, "search", f"FAISS (ivf) build, {n}", ivf.get("build_s"), "s", "one run")
-        _figure(rows, "search", f"FAISS (ivf) index memory, {n}", ivf.get("index_gb"), "GB", "RSS growth")
+        _figure(rows, "search", f"FAISS ({used}) p50 latency, {n}", ivf.get("p50_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS ({used}) p95 latency, {n}", ivf.get("p95_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS ({used}) recall@10, {n}", ivf.get("recall_at_10"), "", "vs exact")
+        _figure(rows, "search", f"FAISS ({used}) build, {n}", ivf.get("build_s"), "s", "one run")
+        _figure(rows, "search", f"FAISS ({used}) index memory, {n}", ivf.get("index_gb"), "GB", "RSS growth")
         for key, flat in sorted(row.get("flat", {}).items()):
             if key.startswith("k_factor_"):
                 _figure(rows, "search", f"FAISS (flat, {key}) p50 / recall@10, {n}",

@@ -9,16 +9,18 @@ lists, ``NPROBE`` visited) of 1-bit RaBitQ fast-scan codes (136 bytes per 1024-d
 ``k_factor × k`` rows, re-ranked with 8-bit scalar-quantised rows (``faiss.IndexRefine`` over
 ``IndexScalarQuantizer(QT_8bit)``): 1.1 GB per million 1024-d rows instead of 4 GB of float32; the
 scores shown are recomputed from the float32 rows while the index holds them. nprobe and k_factor
-are raised at build until a recall check passes (``calibrate``). Chosen from
+are raised at build until a recall check passes (``calibrate``); rows without cluster structure
+get the flat scan instead (``structureless``). Chosen from
 ``benchmarks/bench_search.py``: below ``IVF_FROM`` rows every code is scanned instead (``flat``:
 faster there, no k-means); at 1 M clustered rows the inverted file answers in less time than the
 scan at higher recall; HNSW's graph takes far longer than a few minutes to build at 1 M x 1024 on
-2 cores. On structureless rows no index is fast: the recall check then raises nprobe and k_factor
-towards a full scan, trading speed for recall. ``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
+2 cores. On structureless rows no index is fast: the recall check then raises k_factor, trading
+speed for recall. ``auto`` uses FAISS from ``FAISS_THRESHOLD`` rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +84,7 @@ class AudioIndex:
     cache_path: Path | None = None
     backend: str = "auto"
     k_factor: int | None = None  # rows re-ranked per result; None: as calibrated at build
-    faiss_kind: str = "auto"  # "flat", "ivf", or by size (IVF_FROM)
+    faiss_kind: str = "auto"  # "flat", "ivf", or by size and structure (build_faiss)
     _faiss: object = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -167,7 +169,8 @@ class AudioIndex:
         while True:  # per file: ask for more windows until ``wanted`` distinct files are among them
             k = min(max(k, wanted), self.windows)
             params = None if self.k_factor is None else _refine_params(self.k_factor)
-            scores, rows = index.search(q[None], k, params=params)
+            with _one_thread():
+                scores, rows = index.search(q[None], k, params=params)
             rows, scores = rows[0], scores[0]
             keep = rows >= 0
             rows, scores = rows[keep], scores[keep]
@@ -184,8 +187,7 @@ class AudioIndex:
     def faiss_index(self):
         """The FAISS index, built on first use and kept: 1-bit codes + 8-bit rows (see module docstring)."""
         if self._faiss is None:
-            kind = self.faiss_kind if self.faiss_kind != "auto" else "ivf" if self.windows >= IVF_FROM else "flat"
-            self._faiss = build_faiss(self.embeddings, kind)
+            self._faiss = build_faiss(self.embeddings, self.faiss_kind)
         return self._faiss
 
     def drop_vectors(self) -> None:
@@ -200,11 +202,18 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(scores, len(scores) - k)[len(scores) - k:]
 
 
-def build_faiss(embeddings: np.ndarray, kind: str = "ivf", chunk: int = 65536):
+def build_faiss(embeddings: np.ndarray, kind: str = "auto", chunk: int = 65536):
     """IndexRefine(RaBitQ fast scan, SQ8): ``ivf`` behind an inverted file, ``flat`` scans every code.
 
-    Trained on at most ``chunk`` rows, filled in slices of the float32 rows (never a second full copy).
+    ``auto``: ``ivf`` from ``IVF_FROM`` rows, unless the rows turn out structureless (see
+    ``structureless``), then ``flat``. Trained on at most ``chunk`` rows, filled in slices of the
+    float32 rows (never a second full copy).
     """
+    if kind == "auto":
+        if len(embeddings) < IVF_FROM:
+            return build_faiss(embeddings, "flat", chunk)
+        index = build_faiss(embeddings, "ivf", chunk)
+        return build_faiss(embeddings, "flat", chunk) if structureless(index) else index
     try:
         import faiss  # lazy: only large collections need it, and it is slow to import
     except ImportError as err:
@@ -229,6 +238,15 @@ def build_faiss(embeddings: np.ndarray, kind: str = "ivf", chunk: int = 65536):
     index.k_factor = K_FACTOR
     calibrate(index, base, embeddings)
     return index
+
+
+def structureless(index) -> bool:
+    """True when the recall check had the inverted file visit over a quarter of its lists: no clusters
+    to exploit, so scanning every code (no list overhead) is faster for the same recall."""
+    import faiss  # lazy, see build_faiss
+
+    base = faiss.downcast_index(index.base_index)
+    return hasattr(base, "nprobe") and 4 * base.nprobe > base.nlist
 
 
 def calibrate(index, base, embeddings: np.ndarray, target: float = 0.95, n_queries: int = 32) -> float:
@@ -257,6 +275,20 @@ def calibrate(index, base, embeddings: np.ndarray, target: float = 0.95, n_queri
             base.nprobe = min(base.nlist, 2 * base.nprobe)
         else:
             index.k_factor *= 2
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One query, one OpenMP thread: waking a second one cost the inverted file's scan ~8 ms per query
+    on 2 cores (0.95 ms instead of 8 ms at 300k rows), more than it could save."""
+    import faiss  # lazy, see build_faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _refine_params(k_factor: int):
