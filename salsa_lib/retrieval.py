@@ -98,10 +98,7 @@ class _WindowEmbedder:
 def _embed_files(model, todo, window: int, hop: int, batch_size: int, progress: bool):
     """Embed ``todo`` [(rel, path, size, mtime, seconds)] -> {rel: FileEntry}, {rel: reason}, [notes]."""
     embedder, failed, notes, lengths = _WindowEmbedder(model, batch_size), {}, [], {}
-    hours = sum(t[4] for t in todo) / 3600
-    bar = tqdm(total=round(hours, 4), unit="h audio", desc="indexing", disable=not progress or not todo,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio "
-                          "[{elapsed}<{remaining}{postfix}]")
+    bar = _progress_bar(todo, progress)
     for count, (rel, path, size, mtime, seconds) in enumerate(todo, start=1):
         samples = 0
         try:
@@ -121,14 +118,22 @@ def _embed_files(model, todo, window: int, hop: int, batch_size: int, progress: 
         bar.set_postfix_str(f"{count}/{len(todo)} files", refresh=False)
     embedder.flush()
     bar.close()
-    entries = {}
-    for rel, _, size, mtime, _ in todo:
-        if rel in lengths:
-            starts = np.array([s for s, _ in embedder.done[rel]], dtype=np.float64)
-            entries[rel] = FileEntry(size, mtime, lengths[rel] / SAMPLE_RATE,
-                                     np.stack([v for _, v in embedder.done[rel]]).astype(np.float32),
-                                     starts / SAMPLE_RATE, np.minimum(starts + window, lengths[rel]) / SAMPLE_RATE)
-    return entries, failed, notes
+    return {rel: _entry(embedder.done[rel], size, mtime, lengths[rel], window)
+            for rel, _, size, mtime, _ in todo if rel in lengths}, failed, notes
+
+
+def _progress_bar(todo, progress: bool):
+    """Hours of audio done and left, files done, elapsed and estimated time to go."""
+    hours = sum(t[4] for t in todo) / 3600
+    return tqdm(total=round(hours, 4), unit="h audio", desc="indexing", disable=not progress or not todo,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
+
+
+def _entry(windows, size: int, mtime: int, samples: int, window: int) -> FileEntry:
+    """A file's cache entry from its (start sample, embedding) pairs; the last window ends with the audio."""
+    starts = np.array([start for start, _ in windows], dtype=np.float64)
+    return FileEntry(size, mtime, samples / SAMPLE_RATE, np.stack([v for _, v in windows]).astype(np.float32),
+                     starts / SAMPLE_RATE, np.minimum(starts + window, samples) / SAMPLE_RATE)
 
 
 def _stamp(path: Path):
