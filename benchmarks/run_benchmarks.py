@@ -90,15 +90,20 @@ def _summarise_data(d: dict, rows: list, ratios: list) -> None:
 def _summarise_search(d: dict, rows: list, ratios: list) -> None:
     how = f"percentiles over {d.get('queries', '?')} queries, top {d.get('top_k', '?')}, dim {d.get('dim', '?')}"
     for row in d.get("search", []):
-        n = f"{row['size']:,} vectors"
-        _figure(rows, "search", f"exact p50 latency, {n}", row.get("exact_p50_ms"), "ms", how)
-        _figure(rows, "search", f"exact p95 latency, {n}", row.get("exact_p95_ms"), "ms", how)
-        _figure(rows, "search", f"FAISS p50 latency, {n}", row.get("faiss_p50_ms"), "ms", how)
-        _figure(rows, "search", f"FAISS p95 latency, {n}", row.get("faiss_p95_ms"), "ms", how)
-        _figure(rows, "search", f"FAISS recall@10, {n}", row.get("faiss_recall_at_10"), "", "vs exact")
-        _figure(rows, "search", f"FAISS build, {n}", row.get("faiss_build_s"), "s", "one run")
-        _ratio(ratios, "search", f"FAISS vs exact p50 latency, {n}", row.get("exact_p50_ms"), row.get("faiss_p50_ms"),
-               "times faster per query (p50) with FAISS")
+        n, used = f"{row['size']:,} {row.get('kind', 'random')} vectors", row.get("used", "ivf")
+        ivf = row.get(used, {})
+        _figure(rows, "search", f"exact p50 latency, {n}", row.get("exact", {}).get("p50_ms"), "ms", "20 queries")
+        _figure(rows, "search", f"FAISS ({used}) p50 latency, {n}", ivf.get("p50_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS ({used}) p95 latency, {n}", ivf.get("p95_ms"), "ms", how)
+        _figure(rows, "search", f"FAISS ({used}) recall@10, {n}", ivf.get("recall_at_10"), "", "vs exact")
+        _figure(rows, "search", f"FAISS ({used}) build, {n}", ivf.get("build_s"), "s", "one run")
+        _figure(rows, "search", f"FAISS ({used}) index memory, {n}", ivf.get("index_gb"), "GB", "RSS growth")
+        for key, flat in sorted(row.get("flat", {}).items()):
+            if key.startswith("k_factor_"):
+                _figure(rows, "search", f"FAISS (flat, {key}) p50 / recall@10, {n}",
+                        f"{flat['p50_ms']} ms / {flat['recall_at_10']}", "", how)
+        _ratio(ratios, "search", f"FAISS vs exact p50 latency, {n}", row.get("exact", {}).get("p50_ms"),
+               ivf.get("p50_ms"), "times faster per query (p50) with FAISS")
     indexing = d.get("indexing") or {}
     how = f"{indexing.get('clips', '?')} clips of {indexing.get('clip_seconds', '?')} s, one run"
     _figure(rows, "search", "folder indexing (decode + embed)", indexing.get("index_files_per_s"), "files/s", how)
@@ -107,9 +112,10 @@ def _summarise_search(d: dict, rows: list, ratios: list) -> None:
     _ratio(ratios, "search", "cached rebuild vs cold indexing", indexing.get("cached_rebuild_files_per_s"),
            indexing.get("index_files_per_s"), "times faster when embeddings are cached")
     target = d.get("target") or {}
-    if target.get("met") is not None:
-        _figure(rows, "search", f"target p50 <= {target.get('p50_ms')} ms and recall@10 >= "
-                f"{target.get('recall_at_10')} at {target.get('size'):,}", "met" if target["met"] else "NOT met")
+    for kind, met in (target.get("met") or {}).items():
+        _figure(rows, "search", f"goal at {target.get('size'):,} {kind} vectors: p50 <= {target.get('p50_ms')} ms, "
+                f"recall@10 >= {target.get('recall_at_10')}, index <= {target.get('index_gb')} GB",
+                "met" if met else "NOT met")
     _figure(rows, "search", "peak RSS", d.get("peak_rss_gb"), "GB", "whole script")
 
 

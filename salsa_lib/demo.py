@@ -1,8 +1,10 @@
 """The query demo: a thin ipywidgets layer over ``salsa_lib.retrieval`` (notebook 05).
 
-Type a sentence, get the top-k sounds with players, scores and small spectrograms. When the query
-is one of the collection's captions, the clip it was written for is marked ✓ and the others ✗.
-Headless (papermill) the same ``QueryDemo.query`` runs the example queries and returns tables.
+Type a sentence, get the top-k sounds: for each, the moment that matches (its span, e.g.
+``03:20–03:30``) plays, the whole file is a click away, a small spectrogram marks the span, and the
+score reads as "better than 97 % of the collection's windows". When the query is one of the
+collection's captions, the clip it was written for is marked ✓ and the others ✗. Headless
+(papermill) the same ``QueryDemo.query`` runs the example queries and returns tables.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import soundfile as sf
 
-from salsa_lib import datasets, retrieval, stage1
+from salsa_lib import datasets, retrieval, sounds
+from salsa_lib.checkpoints import load_member
+from salsa_lib.errors import ConfigError
 
 
 def available_models(profile: str) -> dict[str, Path]:
@@ -40,7 +46,7 @@ class QueryDemo:
 
     def _model(self, name: str):
         if name not in self._loaded:
-            model, _ = stage1.load_member(self.models[name])
+            model, _ = load_member(self.models[name])
             self._loaded[name] = (model, retrieval.model_id_of(self.models[name]))
         return self._loaded[name]
 
@@ -52,34 +58,57 @@ class QueryDemo:
         return self._indexes[key]
 
     def query(self, text: str, model_name: str, collection: str) -> tuple[pd.DataFrame, list[str]]:
-        """Ranked results as a table (rank, file, score, ✓/✗ when the query is a known caption) and notes."""
+        """Ranked results as a table (rank, file, span, score, how it compares, ✓/✗ for a known caption) and notes."""
         from salsa_lib.data import preprocess_caption
 
         model, model_id = self._model(model_name)
         index = self._index(model_name, collection)
-        response = retrieval.search(index, model, model_id, text, top_k=self.top_k)
+        if model_id != index.model_id:
+            raise ConfigError(f"index of model {index.model_id!r} used with {model_id!r}")
+        vector, notes = retrieval.embed_query(model, text)
+        response = index.search_embedding(vector, self.top_k)
         root, owners = self.collections[collection]
         owner = owners.get(preprocess_caption(text))
-        rows = [{"rank": r.rank, "file": r.path, "score": round(float(r.score), 4),
+        rows = [{"rank": r.rank, "file": r.path, "span": r.span, "start": r.start, "end": r.end,
+                 "score": round(float(r.score), 4), "standing": standing(index, vector, r.score),
                  "associated": "" if owner is None else ("✓" if Path(r.path).name == owner else "✗"),
                  "path": str(index.root / r.path)}
                 for r in response]
-        return pd.DataFrame(rows), list(response.notes)
+        return pd.DataFrame(rows), notes + list(response.notes)
 
 
-def spectrogram_png(path: str | Path, width: float = 3.0) -> bytes:
-    """A small log-mel picture of a file, as PNG bytes for an ipywidgets Image."""
+def standing(index, vector, score: float) -> str:
+    """The score as a person reads it: the share of the collection's windows that score lower."""
+    if index.embeddings is None:
+        return f"cosine {score:.2f}"
+    below = float(np.mean(index.embeddings @ np.asarray(vector, np.float32) < score - 1e-6))
+    return f"better than {100 * below:.0f} % of {index.windows:,} moments"
+
+
+def span_wav(path: str | Path, start: float, end: float) -> bytes:
+    """The matching span as WAV bytes for the player (seeking, so a 2-hour file costs only the span)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, sounds.read_span(Path(path), start, end), sounds.SAMPLE_RATE, format="WAV")
+    return buffer.getvalue()
+
+
+def spectrogram_png(path: str | Path, start: float = 0.0, end: float | None = None, width: float = 3.0) -> bytes:
+    """A small log-mel picture around [start, end] with the span shaded, as PNG bytes for an ipywidgets Image."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from salsa_lib.audio import load_audio
     from salsa_lib.reports import plot_log_mel
 
-    wave = load_audio(path)[: 32000 * 10]
+    end = start + 10.0 if end is None else end
+    context = max(2.0, end - start)  # one span of context either side
+    first = max(0.0, start - context)
+    wave = sounds.read_span(Path(path), first, end + context)
     fig, ax = plt.subplots(figsize=(width, 1.2))
-    plot_log_mel(ax, wave, 32000)
+    plot_log_mel(ax, wave, sounds.SAMPLE_RATE)
+    ax.axvspan(start - first, min(end, first + len(wave) / sounds.SAMPLE_RATE) - first, color="cyan", alpha=0.25,
+               lw=0)
     ax.set_axis_off()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight", pad_inches=0)
@@ -106,17 +135,29 @@ def build_app(demo: QueryDemo):
             return
         rows = [w.HTML("<br>".join(f"<i>note: {n}</i>" for n in notes))] if notes else []
         for row in table.itertuples():
-            label = w.HTML(f"<b>{row.rank}.</b> {row.associated} {row.file} <small>score {row.score:.3f}</small>",
-                           layout=w.Layout(width="40%"))
-            audio = w.Audio(value=Path(row.path).read_bytes(), format=Path(row.path).suffix.lstrip(".").lower(),
-                            autoplay=False, loop=False)
-            picture = w.Image(value=spectrogram_png(row.path), format="png", layout=w.Layout(width="220px"))
-            rows.append(w.HBox([label, audio, picture], _dom_classes=["salsa-result"]))
+            rows.append(_result_row(w, row))
         results.children = rows
 
     query.on_submit(run)
     button.on_click(run)
     return w.VBox([w.HBox([query, button]), w.HBox([model, collection]), results])
+
+
+def _result_row(w, row):
+    """Label (rank, ✓/✗, file, span, standing), the span's player, a whole-file button, the spectrogram."""
+    label = w.HTML(f"<b>{row.rank}.</b> {row.associated} {row.file} <span class='salsa-span'>{row.span}</span><br>"
+                   f"<small>{row.standing} (cosine {row.score:.3f})</small>", layout=w.Layout(width="40%"))
+    audio = w.Audio(value=span_wav(row.path, row.start, row.end), format="wav", autoplay=False, loop=False)
+    whole = w.Button(description="whole file", tooltip=f"play all of {row.file}", layout=w.Layout(width="90px"))
+
+    def play_whole(_=None):
+        audio.format = Path(row.path).suffix.lstrip(".").lower() or "wav"
+        audio.value = Path(row.path).read_bytes()
+        whole.disabled = True
+
+    whole.on_click(play_whole)
+    picture = w.Image(value=spectrogram_png(row.path, row.start, row.end), format="png", layout=w.Layout(width="220px"))
+    return w.HBox([label, w.VBox([audio, whole]), picture], _dom_classes=["salsa-result"])
 
 
 def default_collections(profile: str, audio_dir: str = "") -> dict[str, tuple[Path, dict[str, str]]]:
@@ -146,4 +187,5 @@ def run_examples(demo: QueryDemo, queries: list[str], model_name: str, collectio
     for text in queries:
         table, notes = demo.query(text, model_name, collection)
         tables.append(table.drop(columns="path").assign(query=text, notes="; ".join(notes)))
-    return pd.concat(tables, ignore_index=True)[["query", "rank", "file", "score", "associated", "notes"]]
+    return pd.concat(tables, ignore_index=True)[["query", "rank", "file", "span", "score", "standing", "associated",
+                                                 "notes"]]

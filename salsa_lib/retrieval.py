@@ -1,165 +1,46 @@
-"""Text-to-audio search over a folder of sound files: embedding cache, exact and FAISS backends.
+"""Text-to-audio search over a folder of sound files, down to the moment that matches.
 
     model, config, model_id = load_search_model("results/tiny/stage1/member0/checkpoints/best.ckpt")
     index = build_index("my_sounds/", model, model_id)        # embeds new/changed files only
     response = search(index, model, model_id, "a dog barks")  # a list of SearchResult, plus .notes
-    for r in response: print(r.rank, round(r.score, 3), index.root / r.path)
+    for r in response: print(r.rank, round(r.score, 3), index.root / r.path, r.span)
 
-**Length policy.** Each file is decoded to 32 kHz mono. Files up to ``max_seconds`` (600 s) are
-embedded whole, like the model embeds its own clips: zero-padded to a whole number of model windows,
-``audio_length`` marking the real part, PaSST on every window, mean over the windows that hold audio.
-Longer files are cut to their first ``max_seconds`` (listed in ``index.truncated`` and ``index.notes``).
-``seconds=config.eval_seconds`` instead embeds only each file's first ``seconds`` (the evaluation crop).
-Files are batched with others of the same window count, so batches hold no padding windows.
+**Files.** Every file below the folder is probed by content (``salsa_lib.sounds``); what the
+installed decoders cannot read is listed in ``index.skipped`` with its reason, other files are
+counted in ``index.non_audio``.
 
-**Cache.** ``<audio_dir>/.salsa_index/<model_id>.npz`` (hidden folders and files are not scanned), a
-numpy archive read without pickle: ``meta`` (JSON: format, model id, policy), per file ``paths``
-(relative, POSIX), ``sizes``, ``mtimes`` (ns), ``embeddings`` (N, D) float32, ``durations`` (s), and the
-unreadable files (``bad_*``) with their reasons. An entry is reused when path, size and mtime_ns match
-and the model id and policy are the cache's; everything else is decoded again. The cache is written to a
-temporary file and moved into place; an unreadable cache is ignored (rebuilt), never fatal.
+**Windows.** Each file is streamed at 32 kHz mono and cut into the model's windows (its PaSST
+input, e.g. 10 s) every ``hop_seconds`` (default half a window: an event up to half a window long
+lies whole inside some window, at twice the windows of no overlap; a smaller hop costs more and
+adds little). Each window is embedded as the model embeds a one-window clip (a padded last window
+is masked as in training). A file scores as its best window, and the result names that window's
+span. Memory stays a few windows per file, whatever its length.
 
-**Backends.** ``exact``: one matrix-vector product and ``argpartition``. ``faiss``: a 1-bit RaBitQ
-fast-scan index (``faiss.IndexRaBitQFastScan``, inner product, 8-bit query quantisation) proposes
-``max(2000, N/100, 50 top_k)`` candidates that are re-ranked with the exact float32 embeddings; so
-scores are always exact cosines. ``auto`` (default) uses FAISS from ``FAISS_THRESHOLD`` = 100,000 files.
+**Cache and lock**: ``salsa_lib.index_cache``. **Index and backends**: ``salsa_lib.vector_index``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from salsa_lib.audio import SAMPLE_RATE, load_audio
+from salsa_lib import sounds
+from salsa_lib.audio import SAMPLE_RATE
+from salsa_lib.checkpoints import load_member
 from salsa_lib.data import preprocess_caption
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.files import atomic_path, file_digest
+from salsa_lib.files import file_digest
+from salsa_lib.index_cache import CACHE_FORMAT, FileEntry, folder_lock, read_cache, write_cache
+from salsa_lib.vector_index import (BACKENDS, FAISS_THRESHOLD, AudioIndex, SearchResponse, SearchResult,  # noqa: F401
+                                    format_time)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-CACHE_FORMAT = 1
-FAISS_THRESHOLD = 100_000  # below: exact search takes <= ~20 ms on 2 cores (benchmarks/bench_search.py)
-FAISS_MIN_CANDIDATES, FAISS_CANDIDATE_FRACTION = 2000, 0.01
-BACKENDS = ("auto", "exact", "faiss")
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    rank: int  # 1 = best
-    path: str  # relative to index.root, POSIX separators
-    score: float  # cosine similarity of query and audio embedding
-
-
-class SearchResponse(list):
-    """The ranked ``SearchResult`` list; ``notes`` says what the user should know (e.g. a cut-off query)."""
-
-    def __init__(self, results=(), notes=()):
-        super().__init__(results)
-        self.notes: list[str] = list(notes)
-
-
-@dataclass(eq=False)
-class AudioIndex:
-    """Embeddings of a folder's audio files for one model; ``metadata`` summarises how it was built."""
-
-    root: Path
-    model_id: str
-    paths: list[str]
-    embeddings: np.ndarray  # (N, D) float32, unit rows
-    durations: np.ndarray | None = None  # decoded length of each file in seconds (before any cut)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    truncated: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    policy: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
-    cache_path: Path | None = None
-    backend: str = "auto"
-    faiss_candidates: int | None = None  # None: max(2000, N/100, 50 top_k)
-    _faiss: object = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def from_embeddings(cls, paths, embeddings, model_id: str = "", root=".", **kwargs) -> "AudioIndex":
-        """An index of ready-made unit-norm rows (kept without a copy when float32 C-contiguous)."""
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or len(paths) != len(embeddings):
-            raise ConfigError(f"need one embedding row per path, got {embeddings.shape} for {len(paths)} paths")
-        return cls(Path(root), model_id, list(paths), embeddings, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def metadata(self) -> dict:
-        return {"model_id": self.model_id, "root": str(self.root), "files": len(self),
-                "dim": int(self.embeddings.shape[1]), "policy": self.policy, "stats": self.stats,
-                "skipped": [list(s) for s in self.skipped], "truncated": self.truncated, "notes": self.notes,
-                "cache_path": str(self.cache_path) if self.cache_path else None, "backend": self.backend,
-                "faiss_threshold": FAISS_THRESHOLD}
-
-    def resolve_backend(self, backend: str | None = None) -> str:
-        choice = backend or self.backend
-        if choice not in BACKENDS:
-            raise ConfigError(f"backend={choice!r}; choose one of {list(BACKENDS)}")
-        if choice == "auto":
-            return "faiss" if len(self) >= FAISS_THRESHOLD else "exact"
-        return choice
-
-    def search_embedding(self, query_vector, top_k: int = 5, backend: str | None = None) -> SearchResponse:
-        """Files ranked by cosine with ``query_vector`` (D,) (normalised here)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self.embeddings.shape[1]:
-            raise ConfigError(f"query vector has {q.shape[0]} dimensions, the index {self.embeddings.shape[1]}")
-        norm = float(np.linalg.norm(q))
-        if not np.isfinite(norm) or norm == 0:
-            raise ConfigError("query vector is zero or not finite")
-        q = q / norm
-        top_k = min(top_k, len(self))
-        if self.resolve_backend(backend) == "faiss":
-            candidates = self._faiss_candidates(q, top_k)
-            scores = np.einsum("ij,j->i", self.embeddings[candidates], q)  # no BLAS threads: steady latency
-        else:
-            # one BLAS thread wakes the other per call (ms on a busy machine): worth it only on large sets
-            scores = self.embeddings @ q if len(self) >= 250_000 else np.einsum("ij,j->i", self.embeddings, q)
-            candidates = np.arange(len(self))
-        if top_k < len(scores):
-            part = np.argpartition(scores, len(scores) - top_k)[len(scores) - top_k:]
-            candidates, scores = candidates[part], scores[part]
-        order = np.lexsort((candidates, -scores))[:top_k]  # best first; ties by position, deterministic
-        return SearchResponse(SearchResult(rank, self.paths[candidates[i]], float(scores[i]))
-                              for rank, i in enumerate(order, start=1))
-
-    def _faiss_candidates(self, q: np.ndarray, top_k: int) -> np.ndarray:
-        wanted = self.faiss_candidates or max(FAISS_MIN_CANDIDATES, math.ceil(FAISS_CANDIDATE_FRACTION * len(self)),
-                                              50 * top_k)
-        _, ids = self.faiss_index().search(q[None], min(max(wanted, top_k), len(self)))
-        return ids[0][ids[0] >= 0]
-
-    def faiss_index(self):
-        """The FAISS index, built on first use and kept in memory (codes only: 136 bytes per 1024-d file)."""
-        if self._faiss is None:
-            try:
-                import faiss
-            except ImportError as err:
-                raise ConfigError("faiss is not installed (pip install faiss-cpu); use backend='exact'") from err
-            dim = self.embeddings.shape[1]
-            index = faiss.IndexRaBitQFastScan(dim, faiss.METRIC_INNER_PRODUCT, 32, 1)
-            index.qb = 8  # query quantised to 8 bits
-            step = max(1, len(self) // 65536)
-            index.train(np.ascontiguousarray(self.embeddings[::step][:65536]))  # the centroid
-            for start in range(0, len(self), 65536):  # slices of a contiguous array: no copy
-                index.add(self.embeddings[start:start + 65536])
-            self._faiss = index
-        return self._faiss
+LOCK_TIMEOUT = 3600.0  # seconds to wait for another process indexing the same folder
 
 
 def model_id_of(checkpoint) -> str:
@@ -169,8 +50,6 @@ def model_id_of(checkpoint) -> str:
 
 def load_search_model(checkpoint, device: str = "cpu"):
     """(model, Stage1Config, model_id) for any stage-1 or stage-2 checkpoint of this project."""
-    from salsa_lib.stage1 import load_member
-
     model, config = load_member(checkpoint)  # every way a file can be unfit is a ConfigError there
     return model.to(device), config, model_id_of(checkpoint)
 
@@ -186,169 +65,167 @@ def _eval_mode(model):
         model.train(training)
 
 
-def _scan(root: Path):
-    """(relative path, path, size, mtime_ns) of every audio file below ``root``; hidden names skipped."""
-    found, failed = [], []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
-                continue
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            try:
-                stat = path.stat()
-            except OSError as err:
-                failed.append((rel, f"cannot read ({err.strerror or err})"))
-                continue
-            found.append((rel, path, stat.st_size, stat.st_mtime_ns))
-    return found, failed
+class _WindowEmbedder:
+    """Collects windows of many files into batches of ``batch_size`` for the model; results per file."""
 
+    def __init__(self, model, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.device = next(model.parameters()).device
+        self.pending, self.done = [], {}  # pending: (rel, start, wave, fraction); done: rel -> [vectors]
 
-def _read_cache(path: Path, meta: dict):
-    """{rel: (size, mtime, embedding, duration)}, {rel: (size, mtime, reason)}, note (None if fine)."""
-    if not path.exists():
-        return {}, {}, None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if json.loads(str(archive["meta"])) != meta:
-                return {}, {}, f"embedding cache {path} belongs to another model or policy; rebuilt"
-            a = {k: archive[k] for k in archive.files}
-        n, bad = len(a["paths"]), len(a["bad_paths"])
-        if not (a["embeddings"].shape == (n, meta["dim"]) and len(a["sizes"]) == len(a["mtimes"]) == n
-                and len(a["durations"]) == n and len(a["bad_sizes"]) == len(a["bad_reasons"]) == bad):
-            raise ValueError("inconsistent array shapes")
-        good = {str(p): (int(s), int(m), a["embeddings"][i], float(a["durations"][i]))
-                for i, (p, s, m) in enumerate(zip(a["paths"], a["sizes"], a["mtimes"]))}
-        failed = {str(p): (int(s), int(m), str(r))
-                  for p, s, m, r in zip(a["bad_paths"], a["bad_sizes"], a["bad_mtimes"], a["bad_reasons"])}
-        return good, failed, None
-    except Exception as err:  # zip, JSON, key, shape errors alike: the cache is just rebuilt
-        return {}, {}, f"embedding cache {path} was unreadable ({type(err).__name__}: {err}); rebuilt"
+    def add(self, rel: str, start: int, wave: np.ndarray, fraction: float) -> None:
+        self.pending.append((rel, start, wave, fraction))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
 
+    def discard(self, rel: str) -> None:
+        self.pending = [p for p in self.pending if p[0] != rel]
+        self.done.pop(rel, None)
 
-def _write_cache(path: Path, meta: dict, files, embeddings, durations, bad) -> None:
-    def column(rows, i, dtype):
-        return np.array([row[i] for row in rows], dtype=dtype)
-
-    arrays = dict(meta=np.array(json.dumps(meta, sort_keys=True)), embeddings=embeddings, durations=durations,
-                  paths=column(files, 0, str), sizes=column(files, 2, np.int64), mtimes=column(files, 3, np.int64),
-                  bad_paths=column(bad, 0, str), bad_sizes=column(bad, 1, np.int64),
-                  bad_mtimes=column(bad, 2, np.int64), bad_reasons=column(bad, 3, str))
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def _audio_fraction(samples: int, n_windows: int, window: int) -> float:
-    """samples / padded length, nudged if float32 rounding would make the model keep a window too few."""
-    fraction = samples / (n_windows * window)
-    if math.ceil(float(np.float32(fraction) * np.float32(n_windows))) != n_windows:
-        fraction = (n_windows - 0.5) / n_windows
-    return fraction
-
-
-def _embed_files(model, todo, limit: int, batch_size: int, progress: bool):
-    """Embed ``todo`` [(rel, path)]: {rel: (embedding, duration in s before any cut)}, {rel: reason}."""
-    window = model.audio_encoder.window_samples
-    device = next(model.parameters()).device
-    done, failed, pending = {}, {}, {}
-
-    def flush(n_windows: int) -> None:
-        items = pending.pop(n_windows)
-        batch = np.zeros((len(items), n_windows * window), dtype=np.float32)
-        for row, (_, wave, _) in zip(batch, items):
-            row[:len(wave)] = wave
-        lengths = torch.tensor([_audio_fraction(len(w), n_windows, window) for _, w, _ in items])
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = torch.from_numpy(np.stack([p[2] for p in self.pending])).to(self.device)
+        lengths = torch.tensor([p[3] for p in self.pending], dtype=torch.float32, device=self.device)
         with warnings.catch_warnings():  # torch/hear21passt deprecation notices, once per process: noise here
             warnings.filterwarnings("ignore", message=".*(return_complex|autocast)")
-            vectors = model.embed_audio(torch.from_numpy(batch).to(device), lengths.to(device))
-        vectors = vectors.float().cpu().numpy()
-        done.update({rel: (vector, duration) for (rel, _, duration), vector in zip(items, vectors)})
+            vectors = self.model.embed_audio(batch, lengths).float().cpu().numpy()
+        for (rel, start, _, _), vector in zip(self.pending, vectors):
+            self.done.setdefault(rel, []).append((start, vector))
+        self.pending = []
 
-    for rel, path in tqdm(todo, desc="embedding audio", unit="file", disable=not progress or not todo):
+
+def _embed_files(model, todo, window: int, hop: int, batch_size: int, progress: bool):
+    """Embed ``todo`` [(rel, path, size, mtime, seconds)] -> {rel: FileEntry}, {rel: reason}, [notes]."""
+    embedder, failed, notes, lengths = _WindowEmbedder(model, batch_size), {}, [], {}
+    bar = _progress_bar(todo, progress)
+    for count, (rel, path, size, mtime, seconds) in enumerate(todo, start=1):
+        samples = 0
         try:
-            wave = load_audio(path, SAMPLE_RATE)
+            for start, wave, fraction in sounds.stream_windows(path, window, hop):
+                embedder.add(rel, start, wave, fraction)
+                samples = start + round(fraction * window)
         except DataError as err:
+            embedder.discard(rel)
             failed[rel] = getattr(err, "reason", str(err))
-            continue
-        duration = len(wave) / SAMPLE_RATE
-        wave = wave[:limit]
-        n_windows = math.ceil(len(wave) / window)
-        pending.setdefault(n_windows, []).append((rel, wave, duration))
-        if len(pending[n_windows]) * n_windows >= max(batch_size, n_windows):  # batch_size: windows per pass
-            flush(n_windows)
-        elif sum(len(v) * k for k, v in pending.items()) > 4 * max(batch_size, n_windows):  # bound memory
-            flush(max(pending, key=lambda k: len(pending[k]) * k))
-    for n_windows in list(pending):
-        flush(n_windows)
-    return done, failed
+        else:
+            if _stamp(path) != (size, mtime):  # rewritten while read: the windows may mix two versions
+                embedder.discard(rel)
+                notes.append(f"{rel} changed while it was being indexed; left out this time, indexed on the next run")
+            else:
+                lengths[rel] = samples
+        bar.update(min(round(seconds / 3600, 4), bar.total - bar.n))
+        bar.set_postfix_str(f"{count}/{len(todo)} files", refresh=False)
+    embedder.flush()
+    bar.close()
+    return {rel: _entry(embedder.done[rel], size, mtime, lengths[rel], window)
+            for rel, _, size, mtime, _ in todo if rel in lengths}, failed, notes
 
 
-def build_index(audio_dir, model, model_id: str, *, cache_path=None, seconds: float | None = None,
-                max_seconds: float = 600.0, batch_size: int = 16, progress: bool = True,
-                rebuild: bool = False, backend: str = "auto") -> AudioIndex:
-    """Index every wav/flac/ogg/mp3 file below ``audio_dir`` (recursive, case-insensitive extensions).
+def _progress_bar(todo, progress: bool):
+    """Hours of audio done and left, files done, elapsed and estimated time to go."""
+    hours = sum(t[4] for t in todo) / 3600
+    return tqdm(total=round(hours, 4), unit="h audio", desc="indexing", disable=not progress or not todo,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
 
-    Length policy and cache: see the module docstring (``index.policy`` records it). ``seconds``: embed
-    only each file's first ``seconds`` (default: whole files up to ``max_seconds``). ``batch_size``: model
-    windows per forward pass. ``rebuild``: ignore the cache. Unreadable files are skipped and listed in
-    ``index.skipped``; a folder without readable audio raises DataError.
+
+def _entry(windows, size: int, mtime: int, samples: int, window: int) -> FileEntry:
+    """A file's cache entry from its (start sample, embedding) pairs; the last window ends with the audio."""
+    starts = np.array([start for start, _ in windows], dtype=np.float64)
+    return FileEntry(size, mtime, samples / SAMPLE_RATE, np.stack([v for _, v in windows]).astype(np.float32),
+                     starts / SAMPLE_RATE, np.minimum(starts + window, samples) / SAMPLE_RATE)
+
+
+def _stamp(path: Path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _probe_all(files, cached: dict, cached_bad: dict):
+    """Split the listing into reused entries, known failures, files to embed and newly found failures."""
+    reused, reasons, todo, non_audio = {}, {}, [], []
+    for rel, path, size, mtime in files:
+        if rel in cached and (cached[rel].size, cached[rel].mtime) == (size, mtime):
+            reused[rel] = cached[rel]
+        elif rel in cached_bad and cached_bad[rel][:2] == (size, mtime):
+            reasons[rel] = cached_bad[rel][2]
+        else:
+            info, reason, audio_like = sounds.probe(path)
+            if info is not None:
+                todo.append((rel, path, size, mtime, info.frames / info.samplerate))
+            elif audio_like:
+                reasons[rel] = reason
+            else:
+                non_audio.append(rel)
+    return reused, reasons, todo, non_audio
+
+
+def build_index(audio_dir, model, model_id: str, *, cache_path=None, hop_seconds: float | None = None,
+                batch_size: int = 16, progress: bool = True, rebuild: bool = False, backend: str = "auto",
+                lock_timeout: float = LOCK_TIMEOUT) -> AudioIndex:
+    """Index every decodable sound below ``audio_dir`` (recursive, by content) in model windows.
+
+    ``hop_seconds``: window hop (default half the model's window). ``batch_size``: windows per forward
+    pass. ``rebuild``: ignore the cache. A folder without decodable audio raises DataError.
     """
     root = Path(audio_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"audio folder {root} does not exist or is not a folder")
-    if seconds is not None and not seconds > 0 or not max_seconds > 0 or batch_size < 1:
-        raise ConfigError(f"need seconds > 0 (or None), max_seconds > 0, batch_size >= 1; got "
-                          f"{seconds}, {max_seconds}, {batch_size}")
-    window_seconds = model.audio_encoder.window_samples / SAMPLE_RATE
-    limit_seconds = min(seconds, max_seconds) if seconds else max_seconds
-    limit = int(round(limit_seconds * SAMPLE_RATE))
-    policy = {"sample_rate": SAMPLE_RATE, "window_seconds": window_seconds, "seconds": seconds,
-              "max_seconds": max_seconds, "rule": "decode to 32 kHz mono; embed the first "
-              f"{limit_seconds:g} s (whole file if shorter), zero-padded to whole {window_seconds:g} s windows, "
-              "masked mean over the windows that hold audio"}
-    meta = {"format": CACHE_FORMAT, "model_id": model_id, "policy": policy,
-            "dim": int(model.project_audio.out_features)}
+    window = model.audio_encoder.window_samples
+    hop = int(round(hop_seconds * SAMPLE_RATE)) if hop_seconds is not None else window // 2
+    if not 0 < hop <= window or batch_size < 1:
+        raise ConfigError(f"need 0 < hop_seconds <= the model's window ({window / SAMPLE_RATE:g} s) and "
+                          f"batch_size >= 1; got {hop_seconds}, {batch_size}")
+    policy = {"sample_rate": SAMPLE_RATE, "window_seconds": window / SAMPLE_RATE, "hop_seconds": hop / SAMPLE_RATE,
+              "rule": "stream at 32 kHz mono (soxr HQ); a window every hop; each embedded as a one-window clip; "
+                      "a file scores as its best window"}
+    meta = {"format": CACHE_FORMAT, "model_id": model_id, "policy": policy, "dim": int(model.project_audio.out_features)}
     cache_path = Path(cache_path) if cache_path else root / ".salsa_index" / f"{model_id}.npz"
-    files, skipped = _scan(root)
-    if not files and not skipped:
-        raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {root}")
-    cached, cached_bad, note = ({}, {}, None) if rebuild else _read_cache(cache_path, meta)
-    notes = [note] if note else []
-    todo, reasons, reused = [], {}, {}
-    for rel, path, size, mtime in files:
-        if cached.get(rel, (None, None))[:2] == (size, mtime):
-            reused[rel] = cached[rel][2:]
-        elif cached_bad.get(rel, (None, None))[:2] == (size, mtime):
-            reasons[rel] = cached_bad[rel][2]
-        else:
-            todo.append((rel, path))
-    with _eval_mode(model):
-        done, failed = _embed_files(model, todo, limit, batch_size, progress)
-    reasons.update(failed)
-    done.update(reused)
-    kept = [f for f in files if f[0] in done]
-    bad = [(rel, size, mtime, reasons[rel]) for rel, _, size, mtime in files if rel in reasons]
-    skipped += [(rel, reason) for rel, _, _, reason in bad]
-    if not kept:
-        listing = "; ".join(f"{rel} ({reason})" for rel, reason in skipped[:5])
-        raise DataError(f"none of the {len(skipped)} audio files in {root} could be read: {listing}")
-    dim = meta["dim"]
-    embeddings = np.stack([done[f[0]][0] for f in kept]).astype(np.float32).reshape(-1, dim)
-    durations = np.array([done[f[0]][1] for f in kept], dtype=np.float64)
-    truncated = [f[0] for f in kept if round(done[f[0]][1] * SAMPLE_RATE) > limit and seconds is None]
-    if truncated:
-        notes.append(f"{len(truncated)} file(s) longer than {max_seconds:g} s were cut to their first "
-                     f"{max_seconds:g} s: {', '.join(truncated[:10])}")
-    stats = {"reused": len(reused), "embedded": len(todo) - len(failed),
-             "removed": len((set(cached) | set(cached_bad)) - {f[0] for f in files})}
-    if todo or note or rebuild or stats["removed"] or not cache_path.exists():
-        try:
-            _write_cache(cache_path, meta, kept, embeddings, durations, bad)
-        except OSError as err:
-            notes.append(f"could not write the embedding cache {cache_path} ({err}); searching without it")
-    return AudioIndex(root, model_id, [f[0] for f in kept], embeddings, durations, skipped, truncated, notes,
-                      policy, stats, cache_path, backend)
+    notes = []
+    with folder_lock(cache_path, lock_timeout, notes):
+        listing = sounds.list_files(root)
+        if not listing.files and not listing.problems:
+            raise DataError(f"no audio files in {root}: it holds no files (hidden files and folders are not searched)")
+        cached, cached_bad, note = ({}, {}, None) if rebuild else read_cache(cache_path, meta)
+        notes += [note] if note else []
+        reused, reasons, todo, non_audio = _probe_all(listing.files, cached, cached_bad)
+        with _eval_mode(model):
+            embedded, failed, changed = _embed_files(model, todo, window, hop, batch_size, progress)
+        notes += changed
+        reasons.update(failed)
+        entries = {rel: reused.get(rel) or embedded[rel] for rel, *_ in listing.files if rel in reused or rel in embedded}
+        stamps = {rel: (size, mtime) for rel, _, size, mtime in listing.files}
+        bad = [(rel, *stamps[rel], reasons[rel]) for rel in sorted(reasons)]
+        removed = (set(cached) | set(cached_bad)) - set(stamps)
+        stats = {"reused": len(reused), "embedded": len(embedded), "removed": len(removed)}
+        if todo or note or rebuild or stats["removed"] or not cache_path.exists():
+            try:
+                write_cache(cache_path, meta, entries, bad)
+            except OSError as err:
+                notes.append(f"could not write the embedding cache {cache_path} ({err}); searching without it")
+    skipped = sorted(listing.problems + [(rel, why) for rel, *_, why in bad])
+    if not entries:
+        listing_text = "; ".join(f"{rel} ({reason})" for rel, reason in skipped[:5]) or "only non-audio files"
+        raise DataError(f"none of the {len(listing.files) + len(listing.problems)} files in {root} is decodable "
+                        f"audio: {listing_text}")
+    return _assemble(root, model_id, entries, skipped, listing.non_audio + non_audio, notes, policy, stats,
+                     cache_path, backend)
+
+
+def _assemble(root, model_id, entries: dict, skipped, non_audio, notes, policy, stats, cache_path, backend):
+    rels = list(entries)
+    counts = [len(entries[r].starts) for r in rels]
+    index = AudioIndex(root, model_id, rels, np.concatenate([entries[r].embeddings for r in rels]),
+                       np.repeat(np.arange(len(rels)), counts), np.concatenate([entries[r].starts for r in rels]),
+                       np.concatenate([entries[r].ends for r in rels]),
+                       np.array([entries[r].duration for r in rels]), skipped, sorted(non_audio), notes, policy,
+                       stats, cache_path, backend)
+    if non_audio:
+        index.notes.append(f"{len(non_audio)} file(s) are not audio and were left out (e.g. {sorted(non_audio)[0]})")
+    return index
 
 
 def check_query(query: str) -> str:
@@ -375,17 +252,18 @@ def embed_query(model, query: str) -> tuple[np.ndarray, list[str]]:
         return model.embed_text([query])[0].float().cpu().numpy(), notes
 
 
-def search(index: AudioIndex, model, model_id: str, query: str, top_k: int = 5,
-           backend: str | None = None) -> SearchResponse:
-    """The ``top_k`` files best matching ``query``; ``response.notes`` flags e.g. a cut-off query."""
+def search(index: AudioIndex, model, model_id: str, query: str, top_k: int = 5, backend: str | None = None,
+           per_file: bool = True) -> SearchResponse:
+    """The ``top_k`` files (best window each; ``per_file=False``: windows) matching ``query``, with notes."""
     if model_id != index.model_id:
         raise ConfigError(f"the index was built with model {index.model_id!r} but the search uses model "
                           f"{model_id!r}; rebuild the index with this model")
     vector, notes = embed_query(model, query)
-    response = index.search_embedding(vector, top_k, backend)
+    response = index.search_embedding(vector, top_k, backend, per_file)
     response.notes.extend(notes)
     return response
 
 
-def search_embedding(index: AudioIndex, query_vector, top_k: int = 5, backend: str | None = None) -> SearchResponse:
-    return index.search_embedding(query_vector, top_k, backend)
+def search_embedding(index: AudioIndex, query_vector, top_k: int = 5, backend: str | None = None,
+                     per_file: bool = True) -> SearchResponse:
+    return index.search_embedding(query_vector, top_k, backend, per_file)

@@ -1,10 +1,13 @@
 """Search a folder of sounds by description with a trained checkpoint.
 
     python -m salsa_lib.search --model results/tiny/stage1/member0/checkpoints/best.ckpt \\
-        --audio-dir my_sounds/ "a dog barks" [--top-k 10] [--json] [--rebuild]
+        --audio-dir my_sounds/ "a dog barks" [--top-k 10] [--all-windows] [--json] [--rebuild]
 
-The folder's embeddings are cached in <audio-dir>/.salsa_index/ (see salsa_lib.retrieval), so
-later searches embed only new or changed files. Errors go to stderr with exit code 1.
+Every decodable sound below the folder is searched, whatever its name; each result is a file and
+the span of its best matching window (``--all-windows``: the best windows, several per file). Files
+that cannot be decoded are listed with the reason, other files counted. The window embeddings are
+cached in <audio-dir>/.salsa_index/ (see salsa_lib.retrieval), so later searches embed only new or
+changed files. Errors go to stderr with exit code 1.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Rank the audio files of a folder by how well they match a text.")
     parser.add_argument("query", help='what to look for, e.g. "rain on a tin roof"')
     parser.add_argument("--model", required=True, help="a best.ckpt of stage 1 or 2")
-    parser.add_argument("--audio-dir", required=True, help="folder searched recursively (wav, flac, ogg, mp3)")
+    parser.add_argument("--audio-dir", required=True, help="folder searched recursively (any decodable audio)")
     parser.add_argument("--top-k", type=int, default=5, help="results to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     parser.add_argument("--rebuild", action="store_true", help="ignore the embedding cache, embed every file")
     parser.add_argument("--backend", choices=retrieval.BACKENDS, default="auto",
-                        help=f"exact search or FAISS (auto: FAISS from {retrieval.FAISS_THRESHOLD} files)")
-    parser.add_argument("--max-seconds", type=float, default=600.0, help="longer files are cut (default 600)")
+                        help=f"exact search or FAISS (auto: FAISS from {retrieval.FAISS_THRESHOLD} windows)")
+    parser.add_argument("--all-windows", action="store_true",
+                        help="rank windows, not files: a long recording may match at several moments")
+    parser.add_argument("--hop-seconds", type=float, default=None,
+                        help="seconds between window starts (default: half the model's window)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     return parser
 
@@ -46,29 +52,34 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every start
         model, _, model_id = retrieval.load_search_model(args.model, args.device)
-        index = retrieval.build_index(args.audio_dir, model, model_id, max_seconds=args.max_seconds,
+        index = retrieval.build_index(args.audio_dir, model, model_id, hop_seconds=args.hop_seconds,
                                       rebuild=args.rebuild, backend=args.backend,
                                       progress=not args.json and sys.stderr.isatty())
-        response = retrieval.search(index, model, model_id, args.query, top_k=args.top_k)
+        response = retrieval.search(index, model, model_id, args.query, top_k=args.top_k,
+                                    per_file=not args.all_windows)
     except SalsaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if index.skipped:
         names = "\n".join(f"  {path}: {reason}" for path, reason in index.skipped)
-        print(f"skipped {len(index.skipped)} unreadable file(s):\n{names}", file=sys.stderr)
+        print(f"skipped {len(index.skipped)} file(s) that could not be decoded:\n{names}", file=sys.stderr)
     notes = index.notes + response.notes
     if args.json:
         print(json.dumps({"query": args.query, "model_id": model_id, "audio_dir": str(index.root),
-                          "backend": index.resolve_backend(), "files": len(index),
-                          "results": [{"rank": r.rank, "score": round(r.score, 6), "path": r.path} for r in response],
+                          "backend": index.resolve_backend(), "files": len(index), "windows": index.windows,
+                          "policy": index.policy,
+                          "results": [{"rank": r.rank, "score": round(r.score, 6), "path": r.path,
+                                       "start": round(r.start, 3), "end": round(r.end, 3), "span": r.span}
+                                      for r in response],
                           "skipped": [{"path": p, "reason": why} for p, why in index.skipped],
-                          "truncated": index.truncated, "notes": notes}, indent=2, ensure_ascii=False))
+                          "non_audio": index.non_audio, "notes": notes}, indent=2, ensure_ascii=False))
         return 0
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"{'rank':>4}  {'score':>6}  path")
+    width = max(len(r.span) for r in response)
+    print(f"{'rank':>4}  {'score':>6}  {'span':<{width}}  path")
     for r in response:
-        print(f"{r.rank:>4}  {r.score:6.3f}  {r.path}")
+        print(f"{r.rank:>4}  {r.score:6.3f}  {r.span:<{width}}  {r.path}")
     return 0
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pandas as pd
-import torch
 
 from salsa_lib import paths, reports
+from salsa_lib.checkpoints import load_member  # noqa: F401 - moved to the model core, kept importable here
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.data import split_fingerprint
-from salsa_lib.errors import ConfigError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.training import RetrievalModule, fit, make_loaders, train_or_reuse
 
@@ -55,38 +54,3 @@ def train_member(config: Stage1Config, member: int, train, val, progress: bool =
         return fit(module, member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
 
     return train_or_reuse(member_dir(config.profile, member), run, fit_run)
-
-
-def load_member(checkpoint: str | Path):
-    """The DualEncoder stored in a checkpoint, rebuilt from the parameters saved with it."""
-    from salsa_lib.model import build_dual_encoder
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
-        if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
-            raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
-                              "it is not a checkpoint of this project") from err
-        detail = (str(err).strip().splitlines() or [""])[0][:120]
-        raise ConfigError(f"{checkpoint} is not a readable checkpoint ({type(err).__name__}: {detail})") from err
-    if not isinstance(state, dict):
-        raise ConfigError(f"{checkpoint} holds a {type(state).__name__}, not a checkpoint of this project")
-    try:
-        config = Stage1Config.from_params(state["hyper_parameters"]["params"])
-        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"{checkpoint} is not a checkpoint of this project (no saved parameters "
-                          "and weights)") from err
-    model = build_dual_encoder(config)
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # a tensor of the wrong shape
-        raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
-                          f"{str(err).splitlines()[-1].strip()[:200]}") from err
-    if missing or unexpected:
-        raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
-                          f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
-    return model.eval(), config

@@ -24,11 +24,12 @@ FAKE = {
              "speedup_cache_vs_librosa": 10.0, "synthetic_default_generate_s": 1.5,
              "synthetic_train_cache_build_s": 0.5},
     "search": {"date": "2026-01-01 10:00", "machine": "fake", "queries": 5, "top_k": 10, "dim": 8,
-               "search": [{"size": 1000, "exact_p50_ms": 8.0, "exact_p95_ms": 9.0, "faiss_p50_ms": 2.0,
-                           "faiss_p95_ms": 3.0, "faiss_recall_at_10": 0.97, "faiss_build_s": 0.1}],
+               "search": [{"kind": "random", "size": 1000, "exact": {"p50_ms": 8.0, "p95_ms": 9.0},
+                           "ivf": {"p50_ms": 2.0, "p95_ms": 3.0, "recall_at_10": 0.97, "build_s": 0.1, "index_gb": 0.01},
+                           "flat": {"build_s": 0.1, "k_factor_50": {"p50_ms": 1.0, "recall_at_10": 0.9}}}],
                "indexing": {"clips": 4, "clip_seconds": 5.0, "index_files_per_s": 20.0,
                             "decode_files_per_s": 100.0, "cached_rebuild_files_per_s": 2000.0},
-               "target": {"size": 1000000, "p50_ms": 50.0, "recall_at_10": 0.95, "met": None}},
+               "target": {"size": 1000000, "p50_ms": 10.0, "recall_at_10": 0.95, "index_gb": 2.0, "met": {}}},
     "models": {"date": "2026-01-01 10:00", "machine": "fake", "warmup_steps": 1, "quick": False,
                "tiny": {"batch": 32, "clip_seconds": 5.0,
                         "train": {"clips_per_s": 64.0, "seconds_per_step_median": 0.5,
@@ -74,7 +75,7 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     for row in result["figures"] + result["ratios"]:
         assert set(row) >= {"benchmark", "value"}
     assert _value(result, "data", "cache read + crop") == 500.0
-    assert _value(result, "search", "FAISS p50 latency, 1,000 vectors") == 2.0
+    assert _value(result, "search", "FAISS (ivf) p50 latency, 1,000 random vectors") == 2.0
     assert _value(result, "models", "tiny model: training throughput") == 64.0
     assert _value(result, "models", "paper shapes: seconds per step") == 12.5
     assert _value(result, "pipeline", "00_data: peak RSS (process tree)") == 700.0
@@ -90,7 +91,7 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     ratios = {(r["benchmark"], r["ratio"]): r["value"] for r in result["ratios"]}
     assert ratios[("data", "cache vs librosa (throughput)")] == 10.0
     assert ratios[("setup", "first vs second run")] == 60.0
-    assert ratios[("search", "FAISS vs exact p50 latency, 1,000 vectors")] == 4.0
+    assert ratios[("search", "FAISS vs exact p50 latency, 1,000 random vectors")] == 4.0
     assert ratios[("models", "paper shapes vs tiny, seconds per clip in training")] == 200.0
 
     md = out_md.read_text()

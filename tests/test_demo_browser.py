@@ -1,11 +1,15 @@
 """The query demo in a real browser: JupyterLab on 127.0.0.1, headless Chromium driven by Playwright.
 
 It types a query into the running notebook's text box and checks that result rows with audio
-players appear; a screenshot lands in results/screenshots/. Skipped only where no Chromium is
+players appear, then searches a folder holding a 40 s recording and checks that its row names a
+one-window span (played on its own, the whole file a click away); a screenshot lands in
+results/screenshots/. Skipped only where no Chromium is
 installed (CI installs it: see scripts/bootstrap.sh).
 """
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from salsa_lib import datasets, paths, stage1
 from salsa_lib.config import DataConfig, Stage1Config
@@ -75,13 +81,35 @@ def trained_tiny(tmp_path, monkeypatch):
     return home
 
 
+def _long_recording_folder(folder: Path) -> Path:
+    """A 40 s recording (hum with a bell-like tone from 25 s) beside two short clips."""
+    folder.mkdir()
+    t = np.arange(40 * 16000) / 16000
+    wave = 0.05 * np.sin(2 * np.pi * 60 * t) + (t >= 25) * (t < 27) * 0.3 * np.sin(2 * np.pi * 1200 * t)
+    sf.write(folder / "long.wav", wave.astype(np.float32), 16000)
+    for name, freq in (("short1.flac", 500), ("short2.ogg", 2000)):
+        sf.write(folder / name, (0.2 * np.sin(2 * np.pi * freq * t[:24000])).astype(np.float32), 16000)
+    return folder
+
+
+def _copy_notebook_with_audio_dir(target: Path, audio_dir: Path) -> None:
+    """Our notebook with its audio_dir parameter set, the way papermill would inject it."""
+    notebook = json.loads((paths.notebooks_dir() / "05_query_demo.ipynb").read_text(encoding="utf-8"))
+    cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    assert "audio_dir = ''" in source
+    cell["source"] = source.replace("audio_dir = ''", f"audio_dir = {str(audio_dir)!r}")
+    target.write_text(json.dumps(notebook), encoding="utf-8")
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium installed (apt-get install chromium)")
 def test_query_demo_in_jupyterlab(trained_tiny, tmp_path):
     from playwright.sync_api import sync_playwright
 
     served = tmp_path / "served"
     served.mkdir()
-    shutil.copy(paths.notebooks_dir() / "05_query_demo.ipynb", served)  # never let the browser touch ours
+    long_dir = _long_recording_folder(tmp_path / "long")
+    _copy_notebook_with_audio_dir(served / "05_query_demo.ipynb", long_dir)  # never let the browser touch ours
     port, token = _free_port(), "salsa-test-token"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
@@ -119,7 +147,21 @@ def test_query_demo_in_jupyterlab(trained_tiny, tmp_path):
             assert rows.count() == 5  # top 5 of the 6 test clips
             assert page.locator(".salsa-result audio").count() == 5
             assert page.locator(".salsa-result img").count() == 5
-            rows.last.scroll_into_view_if_needed()
+            collection = page.locator("select", has=page.locator("option", has_text="folder: "))
+            collection.select_option(label=f"folder: {long_dir}")
+            box.fill("a bell rings")
+            box.press("Enter")
+            long_row = page.locator(".salsa-result", has_text="long.wav")
+            long_row.wait_for(timeout=60_000)
+            assert rows.count() == 3 and page.locator(".salsa-result audio").count() == 3
+            span = long_row.locator(".salsa-span").inner_text()
+            start, end = map(float, re.fullmatch(r"00:(\d\d(?:\.5)?)–00:(\d\d(?:\.5)?)", span).groups())
+            assert end - start == 1 and end <= 40  # one 1 s window of the 40 s file, not the whole file
+            assert "better than" in long_row.inner_text() and long_row.locator("img").count() == 1
+            whole = long_row.locator("button", has_text="whole file")
+            whole.click()
+            page.wait_for_function("b => b.disabled", arg=whole.element_handle(), timeout=30_000)
+            long_row.scroll_into_view_if_needed()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=False)
             browser.close()
