@@ -65,7 +65,8 @@ def load_member(checkpoint: str | Path):
     if not checkpoint.exists():
         raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        # mmap: last.ckpt also holds the optimizer state (GBs at the paper's size) that is never read here
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
         if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
             raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
