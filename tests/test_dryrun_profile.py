@@ -47,3 +47,11 @@ def test_fake_clotho_has_the_real_layout_and_dialect(tmp_path):
     assert ids[frame.file_name[0]] == 158513  # query 1's associated recording
     queries = reference_queries.readme_example_queries()["query"].unique()
     assert set(queries) <= set(frame.caption_1)
+
+
+def test_random_text_encoder_has_roberta_large_shape():
+    from salsa_lib.encoders import ROBERTA_LARGE_SHAPE
+
+    assert (ROBERTA_LARGE_SHAPE["num_hidden_layers"], ROBERTA_LARGE_SHAPE["hidden_size"],
+            ROBERTA_LARGE_SHAPE["num_attention_heads"], ROBERTA_LARGE_SHAPE["intermediate_size"]) == (24, 1024, 16, 4096)
+    assert PROFILES["clotho-dryrun"].stage1.text_encoder == "random-roberta-large"
