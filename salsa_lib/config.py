@@ -315,6 +315,7 @@ class Profile:
 # notebook file stem prefix -> Profile attribute holding that notebook's config
 NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation", "05": "demo"}
 
+
 def derive_profile(base: Profile, name: str, description: str, changes: Mapping[str, Mapping[str, Any]]) -> Profile:
     """``base`` with ``changes`` (stage -> field -> value) and its own results folder; the recipe is not repeated."""
     unknown = sorted(set(changes) - set(NOTEBOOK_STAGES.values()))
@@ -356,7 +357,8 @@ _CLOTHO = Profile(
 # - weights: PaSST-S p16/s16 and a roberta-large-shaped encoder (24 layers, 1024 wide) with random
 #   weights (no download; the packaged MiniLM's tokenizer); 1 epoch per stage
 # - batch size, precision and device (the only other differences): batch 2 fits a CPU's memory,
-#   bf16 autocast is the CPU's mixed precision (fp16 AMP needs a GPU), everything on the CPU
+#   bf16 autocast is the CPU's mixed precision (fp16 AMP needs a GPU), everything on the CPU with
+#   the data loaded in the main process (num_workers 0: two cores, and no forked copies of a 10 GB process)
 DRYRUN_DATA = {"dataset": "fake-clotho", "n_train_clips": 1, "n_val_clips": 2, "n_test_clips": 3}
 DRYRUN_MODEL = {"pretrained_audio": False, "text_encoder": "random-roberta-large", "epochs": 1}
 DRYRUN_HARDWARE = {"batch_size": 2, "eval_batch_size": 2, "precision": "bf16-mixed", "accelerator": "cpu",
