@@ -353,13 +353,14 @@ _CLOTHO = Profile(
 
 # The paper profile's code path and architectures on a CPU, offline, in minutes. What differs, and why:
 # - data: a generated ClothoV2.1-shaped release (archives, CSVs, md5s; 15-30 s clips at 44.1 kHz),
-#   installed by the ClothoV2 download code; 1/2/3 clips, so an epoch is 2 optimizer steps (5 pairs, batch 2)
+#   installed by the ClothoV2 download code; 2/2/3 clips, so an epoch is 5 optimizer steps (10 pairs, batch 2;
+#   notebook 02 draws a batch of 8 training captions, so 2 clips is the least it takes)
 # - weights: PaSST-S p16/s16 and a roberta-large-shaped encoder (24 layers, 1024 wide) with random
 #   weights (no download; the packaged MiniLM's tokenizer); 1 epoch per stage
 # - batch size, precision and device (the only other differences): batch 2 fits a CPU's memory,
 #   bf16 autocast is the CPU's mixed precision (fp16 AMP needs a GPU), everything on the CPU with
 #   the data loaded in the main process (num_workers 0: two cores, and no forked copies of a 10 GB process)
-DRYRUN_DATA = {"dataset": "fake-clotho", "n_train_clips": 1, "n_val_clips": 2, "n_test_clips": 3}
+DRYRUN_DATA = {"dataset": "fake-clotho", "n_train_clips": 2, "n_val_clips": 2, "n_test_clips": 3}
 DRYRUN_MODEL = {"pretrained_audio": False, "text_encoder": "random-roberta-large", "epochs": 1}
 DRYRUN_HARDWARE = {"batch_size": 2, "eval_batch_size": 2, "precision": "bf16-mixed", "accelerator": "cpu",
                    "num_workers": 0}
