@@ -22,7 +22,7 @@ def load_member(checkpoint: str | Path):
     if not checkpoint.exists():
         raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # last.ckpt also holds optimizer state never read here
     except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
         if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
             raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "

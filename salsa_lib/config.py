@@ -103,10 +103,10 @@ class DataConfig(StageConfig):
     """Notebook 00: get the data (generate, download or point at your own) and cache its audio."""
 
     profile: str = "tiny"  # names the results folder: results/<profile>/
-    dataset: str = "synthetic"  # synthetic (generated), clotho (ClothoV2.1 download), custom (yours)
+    dataset: str = "synthetic"  # synthetic (generated), clotho (ClothoV2.1 download), custom (yours), fake-clotho (dry run)
     data_root: str = ""  # empty: data/<dataset>; for custom: a folder in the ClothoV2 layout
     synthetic_seed: int = 0  # synthetic set generator seed
-    n_train_clips: int = 250  # synthetic only: clips in development / validation / evaluation
+    n_train_clips: int = 250  # synthetic and fake-clotho: clips in development / validation / evaluation
     n_val_clips: int = 100
     n_test_clips: int = 100
     clip_seconds: float = 5.0  # synthetic only: clip duration
@@ -128,7 +128,7 @@ class DataConfig(StageConfig):
             raise ConfigError(f"clip_seconds must be positive, got {self.clip_seconds}")
 
 
-DATASETS = {"synthetic", "clotho", "custom"}
+DATASETS = {"synthetic", "clotho", "custom", "fake-clotho"}
 
 
 @dataclass(frozen=True)
@@ -343,24 +343,63 @@ PAPER_TRAINING = dict(
     precision="16-mixed", accelerator="gpu", num_workers=8,
 )
 
+
+def derive_profile(base: Profile, name: str, description: str, changes: Mapping[str, Mapping[str, Any]]) -> Profile:
+    """``base`` with ``changes`` (stage -> field -> value) and its own results folder; the recipe is not repeated."""
+    unknown = sorted(set(changes) - set(NOTEBOOK_STAGES.values()))
+    if unknown:
+        raise ConfigError(f"derive_profile({name!r}): unknown stage(s) {unknown}")
+    stages = {stage: config.replace(**{**changes.get(stage, {}), "profile": name})
+              for stage, config in base.stage_configs().items()}
+    return Profile(name=name, description=description, **stages)
+
+
+_CLOTHO = Profile.build(
+    "clotho", "the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
+    data=dict(dataset="clotho"),
+    stage1=dict(  # one member, seed 409194, PaSST-S (AudioSet) + roberta-large, 30 s as 3 x 10 s
+        PAPER_TRAINING, members=1, seed=409194, audio_encoder="passt_s_p16_s16_128_ap468",
+        pretrained_audio=True, text_encoder="roberta-large", text_trainable_layers=-1,
+        train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0,
+    ),
+    correspondences=dict(batch_size=64, device="cuda"),
+    stage2=dict(  # self-distillation, L_dist only, seed 523528930
+        PAPER_TRAINING, teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0, seed=523528930,
+    ),
+    evaluation=dict(batch_size=64, device="cuda", released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
+)
+
+# The paper profile's code path and architectures on a CPU, offline, in minutes. What differs, and why:
+# - data: a generated ClothoV2.1-shaped release (archives, CSVs, md5s; 15-30 s clips at 44.1 kHz),
+#   installed by the ClothoV2 download code; 2/2/3 clips, so an epoch is 5 optimizer steps (10 pairs, batch 2;
+#   notebook 02 draws a batch of 8 training captions, so 2 clips is the least it takes)
+# - weights: PaSST-S p16/s16 and a roberta-large-shaped encoder (24 layers, 1024 wide) with random
+#   weights (no download; the packaged MiniLM's tokenizer); 1 epoch per stage
+# - batch size, precision and device (the only other differences): batch 2 fits a CPU's memory,
+#   bf16 autocast is the CPU's mixed precision (fp16 AMP needs a GPU), everything on the CPU with
+#   the data loaded in the main process (num_workers 0: two cores, and no forked copies of a 10 GB process)
+DRYRUN_DATA = {"dataset": "fake-clotho", "n_train_clips": 2, "n_val_clips": 2, "n_test_clips": 3}
+DRYRUN_MODEL = {"pretrained_audio": False, "text_encoder": "random-roberta-large", "epochs": 1}
+DRYRUN_HARDWARE = {"batch_size": 2, "eval_batch_size": 2, "precision": "bf16-mixed", "accelerator": "cpu",
+                   "num_workers": 0}
+DRYRUN_CHANGES = {
+    "data": DRYRUN_DATA,
+    "stage1": {**DRYRUN_MODEL, **DRYRUN_HARDWARE},
+    "correspondences": {"batch_size": 2, "device": "cpu"},
+    "stage2": {"epochs": 1, **DRYRUN_HARDWARE},
+    "evaluation": {"batch_size": 2, "device": "cpu"},
+}
+
 PROFILES: dict[str, Profile] = {
     "tiny": Profile.build(
         "tiny", "synthetic benchmark, small random PaSST, packaged MiniLM; 2-core CPU in minutes",
     ),
-    "clotho": Profile.build(
-        "clotho", "the paper: ClothoV2, pretrained PaSST, roberta-large; needs a GPU and network",
-        data=dict(dataset="clotho"),
-        stage1=dict(  # one member, seed 409194, PaSST-S (AudioSet) + roberta-large, 30 s as 3 x 10 s
-            PAPER_TRAINING, members=1, seed=409194, audio_encoder="passt_s_p16_s16_128_ap468",
-            pretrained_audio=True, text_encoder="roberta-large", text_trainable_layers=-1,
-            train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0,
-        ),
-        correspondences=dict(batch_size=64, device="cuda"),
-        stage2=dict(  # self-distillation, L_dist only, seed 523528930
-            PAPER_TRAINING, teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0, seed=523528930,
-        ),
-        evaluation=dict(batch_size=64, device="cuda", released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
-    ),
+    "clotho": _CLOTHO,
+    "clotho-dryrun": derive_profile(
+        _CLOTHO, "clotho-dryrun",
+        "the clotho profile's code path and architectures on a fake ClothoV2, random weights, CPU; "
+        "differs from clotho only in data, weights, epochs, batch size, precision and device",
+        DRYRUN_CHANGES),
 }
 
 

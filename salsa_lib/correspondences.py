@@ -74,7 +74,8 @@ def ensemble_logits(audio: torch.Tensor, captions: torch.Tensor, tau: float) -> 
 
     ``audio`` (M, B_a, D) and ``captions`` (M, B_c, D) are L2-normalised; result (B_a, B_c).
     """
-    return torch.einsum("mad,mcd->ac", audio, captions) / (audio.shape[0] * tau)
+    with torch.autocast(audio.device.type, enabled=False):  # fp32 under AMP, like the student's logits
+        return torch.einsum("mad,mcd->ac", audio.float(), captions.float()) / (audio.shape[0] * tau)
 
 
 def full_split_similarity(audio: torch.Tensor, captions: torch.Tensor, block: int = 2048) -> np.ndarray:

@@ -35,8 +35,12 @@ _STRIP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def preprocess_caption(text: str) -> str:
-    """SALSA's caption normalisation: lowercase, ASCII punctuation removed, single spaces."""
-    return " ".join(str(text).lower().translate(_STRIP_PUNCTUATION).split())
+    """SALSA's caption normalisation: lowercase, ASCII punctuation removed, exactly as the original.
+
+    Whitespace is kept as it is (double and trailing spaces too): RoBERTa's byte-level tokenizer turns
+    it into tokens, and the original fed the text to it unchanged.
+    """
+    return str(text).lower().translate(_STRIP_PUNCTUATION)
 
 
 def captions_csv_path(root: str | os.PathLike, split: str) -> Path:
@@ -124,7 +128,7 @@ def _validate_rows(path: Path, frame: pd.DataFrame) -> None:
             text = getattr(row, column)
             if not text.strip():
                 raise DataError(f"{where}, column {column!r}: empty caption for {row.file_name!r}")
-            if not preprocess_caption(text):
+            if not preprocess_caption(text).strip():
                 raise DataError(
                     f"{where}, column {column!r}: caption {text!r} for {row.file_name!r} "
                     "is empty after removing punctuation"

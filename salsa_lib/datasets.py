@@ -34,7 +34,7 @@ def locate(config: DataConfig) -> DatasetLocation:
         root = Path(config.data_root).expanduser().resolve()
         tag = "custom-" + hashlib.sha1(str(root).encode()).hexdigest()[:8]
         return DatasetLocation(root, paths.data_dir() / "cache" / tag)
-    default = {"synthetic": "synthetic", "clotho": "clotho_v2"}[config.dataset]
+    default = {"synthetic": "synthetic", "clotho": "clotho_v2", "fake-clotho": "fake_clotho_v2"}[config.dataset]
     root = Path(config.data_root).expanduser().resolve() if config.data_root else paths.data_dir() / default
     return DatasetLocation(root, paths.data_dir() / "cache" / config.dataset)
 
@@ -59,6 +59,12 @@ def fetch(config: DataConfig, progress: bool = True) -> DatasetLocation:
             if incomplete:
                 raise DataError(f"ClothoV2 is incomplete under {location.root} ({sorted(incomplete)}) "
                                 "and download=False; set download=True or place the files by hand")
+    elif config.dataset == "fake-clotho":
+        from salsa_lib.fake_clotho import install_fake_clotho
+
+        counts = {SPLITS["train"]: config.n_train_clips, SPLITS["val"]: config.n_val_clips,
+                  SPLITS["test"]: config.n_test_clips}
+        install_fake_clotho(location.root, counts, seed=config.synthetic_seed)
     elif not location.root.is_dir():
         raise DataError(f"data_root {location.root} is not a folder (expected the ClothoV2 layout)")
     return location

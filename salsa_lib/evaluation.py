@@ -19,6 +19,7 @@ import pandas as pd
 
 from salsa_lib import metrics
 from salsa_lib.data import ClothoSplit
+from salsa_lib.errors import ConfigError
 
 METRICS = ["mAP@10", "R@1", "R@5", "R@10"]
 
@@ -30,14 +31,22 @@ class Evaluation:
     metrics: dict[str, float]
     similarity: np.ndarray  # (captions, clips) cosine similarities
     ranks: np.ndarray  # rank of each caption's own clip
+    query_similarity: np.ndarray | None = None  # (free-text queries, clips), when queries were given
 
 
 def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, device: str = "cpu",
-             truth=None) -> Evaluation:
-    """Embed the split once in eval mode and compute all metrics; ``truth`` (clips x captions) adds multi-relevance."""
+             truth=None, queries: list[str] | None = None) -> Evaluation:
+    """Embed the split once in eval mode and compute all metrics; ``truth`` (clips x captions) adds
+    multi-relevance, ``queries`` (free text) are scored against every clip while the model is loaded."""
+    import torch
+
     from salsa_lib.correspondences import embed_split
 
     embeddings = embed_split(model, split, seconds, batch_size, device)
+    query_similarity = None
+    if queries:
+        with torch.no_grad():
+            query_similarity = (model.embed_text(list(queries)).float().cpu() @ embeddings["audio"].T).numpy()
     similarity = (embeddings["captions"] @ embeddings["audio"].T).numpy()
     caption_audio = np.repeat(np.arange(split.n_clips), 5)
     ranks = metrics.ranks_of_relevant(similarity, caption_audio)
@@ -46,7 +55,7 @@ def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, de
     result.update({f"A2T R@{k}": float((audio_ranks <= k).mean()) for k in (1, 5, 10)})
     if truth is not None:
         result["multi mAP@10"] = metrics.multi_relevance_map_at_k(similarity, np.asarray(truth.todense()).T)
-    return Evaluation(result, similarity, ranks)
+    return Evaluation(result, similarity, ranks, query_similarity)
 
 
 def mean_and_std(table: pd.DataFrame, by: list[str], columns=METRICS) -> pd.DataFrame:
@@ -69,47 +78,88 @@ def top_k_examples(evaluation: Evaluation, split: ClothoSplit, queries, k: int =
     return pd.DataFrame(rows)
 
 
-def models_to_evaluate(profile: str) -> list[dict]:
-    """Every trained model of the profile (best-validation checkpoints), described for metrics.csv."""
+# which weights of a training run are scored, and how metrics.csv names them
+WEIGHTS = {"best": "best val mAP@10 (our model selection)",
+           "last": "last epoch (what the original's test numbers used; spec 12 item 8)"}
+
+
+def models_to_evaluate(profile: str, weights: tuple[str, ...] = ("best",)) -> list[dict]:
+    """Every trained model of the profile, once per kind of ``weights`` (best.ckpt, last.ckpt), for metrics.csv."""
     from salsa_lib import paths, stage1
 
-    models = []
+    runs = []
     listing = stage1.stage_dir(profile) / "members.json"
     for name in json.loads(listing.read_text())["members"] if listing.exists() else []:
         run = json.loads((stage1.stage_dir(profile) / name / "run.json").read_text())["run"]
-        models.append({"stage": 1, "model": name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
-                       "seed": run["seed"], "checkpoint": stage1.stage_dir(profile) / name / "checkpoints" / "best.ckpt"})
+        runs.append(({"stage": 1, "model": name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
+                      "seed": run["seed"]}, stage1.stage_dir(profile) / name))
     for record in sorted((paths.results_dir(profile) / "stage2").glob("*/run.json")):
         run = json.loads(record.read_text())["run"]
-        models.append({"stage": 2, "model": record.parent.name, "teachers": "+".join(run["teacher_members"]),
-                       "sup_weight": run["sup_weight"], "distill_weight": run["distill_weight"],
-                       "seed": run["seed"], "checkpoint": record.parent / "checkpoints" / "best.ckpt"})
+        runs.append(({"stage": 2, "model": record.parent.name, "teachers": "+".join(run["teacher_members"]),
+                      "sup_weight": run["sup_weight"], "distill_weight": run["distill_weight"],
+                      "seed": run["seed"]}, record.parent))
+    models = []
+    for entry, folder in runs:
+        for kind in weights:
+            checkpoint = folder / "checkpoints" / f"{kind}.ckpt"
+            if not checkpoint.exists():  # never a silent shrink of the table
+                raise ConfigError(f"{checkpoint} is missing: {entry['model']} has not finished training "
+                                  f"(rerun notebook 0{entry['stage']})")
+            models.append({**entry, "weights": kind, "checkpoint": checkpoint})
     return models
 
 
+def evaluation_key(row) -> str:
+    """How notebook 04 names one evaluated model: folder and weights, e.g. ``member0 (last)``."""
+    return f"{row['model']} ({row['weights']})"
+
+
 def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_size: int, device: str,
-                     truth=None, released=None) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
-    """Evaluate every trained model (and the released checkpoint, if given) and write metrics.csv."""
+                     truth=None, released=None, queries: list[str] | None = None
+                     ) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
+    """Evaluate every trained model, best and last weights (and the released checkpoint, if given),
+    and write metrics.csv; ``queries`` are free-text queries scored with every model as well."""
     from salsa_lib import paths, stage1
-    from salsa_lib.files import file_digest
-    from salsa_lib.files import atomic_write_csv
+    from salsa_lib.files import atomic_write_csv, file_digest
 
     rows, evaluations = [], {}
-    models = models_to_evaluate(profile)
+    models = models_to_evaluate(profile, tuple(WEIGHTS))
     if released is not None:
         path, model, config = released
         models.append({"stage": "released", "model": "passt_roberta.ckpt", "teachers": "", "sup_weight": None,
-                       "distill_weight": None, "seed": None, "checkpoint": Path(path), "loaded": (model, config)})
+                       "distill_weight": None, "seed": None, "weights": "released", "checkpoint": Path(path),
+                       "loaded": (model, config)})
+        del model
     for entry in models:
         model, config = entry.pop("loaded", None) or stage1.load_member(entry["checkpoint"])
-        evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth)
-        evaluations[entry["model"]] = evaluation
+        evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries)
+        del model  # one paper-sized model in memory at a time
+        evaluations[evaluation_key(entry)] = evaluation
         rows.append({**entry, "checkpoint": _relative(entry["checkpoint"], paths.project_root()),
-                     "checkpoint_sha256": file_digest(entry["checkpoint"])[:16], "selected_by": "best val mAP@10",
+                     "checkpoint_sha256": file_digest(entry["checkpoint"])[:16],
+                     "selected_by": WEIGHTS.get(entry["weights"], "the authors' release"),
                      "split": split_name, "clips": split.n_clips, **evaluation.metrics})
     table = pd.DataFrame(rows)
     atomic_write_csv(paths.results_dir(profile) / "metrics.csv", table)
     return table, evaluations
+
+
+def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows beside ours in percent, like with like: our last-epoch weights (the original
+    tested the last epoch), the stage-2 recipe's teacher setting, the released checkpoint as such."""
+    rows = []
+    for _, ref in paper_reference().iterrows():
+        stage = str(ref["stage"])
+        kind = "released" if stage == "released" else "last"
+        mine = table[(table["stage"].astype(str) == stage) & (table["weights"] == kind)]
+        if stage == "2" and isinstance(ref["teachers"], str):  # e.g. self: self_from_member0
+            mine = mine[mine["model"].astype(str).str.startswith(ref["teachers"] + "_")]
+        row = {"system": ref["system"], "our weights": kind, "our runs": len(mine)}
+        for metric in METRICS:
+            row[f"{metric} paper"] = ref[metric]
+            row[f"{metric} ours"] = round(100 * mine[metric].mean(), 2) if len(mine) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -28,8 +28,10 @@ class DualEncoder(nn.Module):
         return F.normalize(self.project_text(self.text_encoder(captions)), dim=-1)
 
     def logits(self, audio_embeddings: torch.Tensor, caption_embeddings: torch.Tensor) -> torch.Tensor:
-        """S = C / tau with C[i, j] = cos(audio_i, caption_j)."""
-        return audio_embeddings @ caption_embeddings.T / self.tau
+        """S = C / tau with C[i, j] = cos(audio_i, caption_j), in fp32 under any autocast: at |S| ~ 20
+        fp16 resolves steps of ~0.016, and the original computes these logits in fp32 too."""
+        with torch.autocast(audio_embeddings.device.type, enabled=False):
+            return audio_embeddings.float() @ caption_embeddings.float().T / self.tau.float()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The paper's four learning-rate groups (spec 8)."""

@@ -31,7 +31,10 @@ RENAMES = (
     ("project_sentence.0.", "project_text."),
 )
 MEL_PREFIX = "audio_embedding_model.model.model.mel."  # the front end: constants we rebuild
-UNUSED_MODULES = {"timing_tau", "audio_token", "audio_output_projection", "posencode", "audio_sequence"}
+UNUSED_MODULES = {"timing_tau", "audio_token", "posencode"}
+# the optional sequence model and its output head: with the paper's sequence_model.num_layers=0 they hold no
+# weights, so weights under these names mean a different architecture, which our model would silently drop
+FOREIGN_MODULES = {"audio_sequence", "audio_output_projection"}
 # a constant arange that older transformers versions saved; ours rebuilds it
 IGNORED_KEYS = {"sentence_embedding_model.embeddings.position_ids"}
 # ours that may be absent: the AudioSet heads are unused (the embedding is taken before them)
@@ -46,6 +49,13 @@ def default_checkpoint_path() -> Path:
 
 def _translate(state_dict: Mapping[str, torch.Tensor]):
     """(our weights, our name -> released name, unrecognised released names, mel buffers)."""
+    foreign = sorted(k for k in state_dict if k.split(".")[0] in FOREIGN_MODULES)
+    if foreign:
+        raise ConfigError(f"the checkpoint has weights of a sequence model that the paper's architecture "
+                          f"(sequence_model.num_layers=0) does not have, so it is a different model: {foreign}")
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ConfigError(f"state_dict entries that are not tensors: {not_tensors}")
     weights, origin, unknown, mel = {}, {}, [], {}
     for key, value in state_dict.items():
         if key.startswith(MEL_PREFIX):
@@ -92,8 +102,45 @@ def _released_name(ours: str) -> str:
     return next((theirs + ours[len(mine):] for theirs, mine in RENAMES if ours.startswith(mine)), ours)
 
 
+class Opaque(dict):
+    """Stands in for a pickled object whose class is not imported: its arguments and state are kept as
+    data, nothing of it runs. A dict, because Lightning's hparams containers are dict subclasses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.opaque_args = args
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.opaque_state = state
+
+
+_MAX_STAND_INS = 64
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+) was not")
+
+
+def _safe_load(path: Path) -> tuple[Any, list[str]]:
+    """torch.load(weights_only=True), with each refused global replaced by an inert ``Opaque`` subclass
+    (through torch's own allowlist), so pickled configuration objects never block scoring the weights."""
+    stand_ins: dict[str, tuple] = {}
+    while True:
+        try:
+            with torch.serialization.safe_globals(list(stand_ins.values())):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), sorted(stand_ins)
+        except pickle.UnpicklingError as err:
+            found = _GLOBAL.search(str(err))
+            if not found or len(stand_ins) >= _MAX_STAND_INS:
+                raise
+            name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+            if name in stand_ins:
+                raise
+            stand_ins[name] = (type(name.rsplit(".", 1)[-1], (Opaque,), {"__module__": __name__}), name)
+
+
 def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
-    """torch.load, safe by default: weights_only refuses to run code hidden in the pickle."""
+    """torch.load, safe by default: weights_only with inert stand-ins, so no code hidden in the pickle runs."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -103,20 +150,22 @@ def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives
         raise ConfigError(f"{path} is not a PyTorch checkpoint (not a zip archive); is the download complete?")
     try:
-        # mmap: a Lightning file may also hold optimiser states; only the tensors we touch are read
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
+        if trust_pickle:
+            checkpoint, stand_ins = torch.load(path, map_location="cpu", weights_only=False, mmap=True), []
+        else:
+            checkpoint, stand_ins = _safe_load(path)
     except (RuntimeError, EOFError) as err:
         raise ConfigError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), "")
         raise ConfigError(
-            f"{path} contains pickled Python objects{f' ({found.group(1)})' if found else ''}, which a "
-            "safe load (weights_only=True) refuses because unpickling them can run arbitrary code. "
-            "If the file comes from a source you trust (the authors' release), pass trust_pickle=True "
-            "to load it with weights_only=False.") from err
+            f"{path} holds pickled Python objects that cannot be read as plain data ({detail[:200]}); a safe "
+            "load refuses them because unpickling them can run arbitrary code. If the file comes from a "
+            "source you trust (the authors' release), pass -p trust_released_pickle true to notebook 04 "
+            "(trust_pickle=True in Python) to load it with weights_only=False.") from err
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise ConfigError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
-    return checkpoint
+    return {**checkpoint, "stand_ins": stand_ins}
 
 
 def _check_fit(model: torch.nn.Module, weights, origin, unknown, path) -> None:
@@ -138,7 +187,9 @@ def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_
     """Our DualEncoder (eval mode) with the released weights; ConfigError on any mismatch."""
     from salsa_lib.model import build_dual_encoder
 
-    weights, origin, unknown, mel = _translate(_read(path, trust_pickle)["state_dict"])
+    checkpoint = _read(path, trust_pickle)
+    _refuse_other_settings(path, checkpoint, config)
+    weights, origin, unknown, mel = _translate(checkpoint["state_dict"])
     _check_mel_buffers(mel)
     model = build_dual_encoder(config)
     _check_fit(model, weights, origin, unknown, path)
@@ -152,3 +203,54 @@ def released_hyperparameters(path: str | Path, trust_pickle: bool = False) -> di
     if isinstance(hyper_parameters, Mapping):
         return dict(hyper_parameters)
     return dict(getattr(hyper_parameters, "__dict__", {"hyper_parameters": hyper_parameters}))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted paths to leaves, through mappings and through the attributes of objects (stand-ins too)."""
+    if isinstance(value, Mapping) or hasattr(value, "__dict__") and not isinstance(value, type):
+        items = dict(value) if isinstance(value, Mapping) else {}
+        items.update({k: v for k, v in getattr(value, "__dict__", {}).items() if k != "opaque_args"})
+        out = {}
+        for key, item in items.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def expected_hyperparameters(config=RELEASED_CONFIG) -> dict[str, tuple[str, Any]]:
+    """What the original code's config keys (spec sections 3-5) must say for our model to be theirs:
+    key (its last path component; 'sequence_model.num_layers' needs both) -> (what it is, our value)."""
+    return {"aggregate": ("pooling over windows", "mean"), "use_first_token": ("text pooling", True),
+            "segment_length": ("window length, s", config.window_seconds),
+            "hop_length": ("window hop, s", config.window_seconds),
+            "max_sentence_tokens": ("max tokens", config.text_max_length),
+            "remove_punctuation": ("caption punctuation removal", True),
+            "normalize": ("L2 normalisation of embeddings", True),
+            "sequence_model.num_layers": ("sequence layers", 0)}
+
+
+def compare_hyperparameters(hyper_parameters: Mapping[str, Any], config=RELEASED_CONFIG) -> tuple[list[str], list[str]]:
+    """(differences, unchecked): every saved value that contradicts ours, named; settings not recorded."""
+    flat = _flatten(hyper_parameters)
+    differences, unchecked = [], []
+    for key, (meaning, ours) in expected_hyperparameters(config).items():
+        found = {path: value for path, value in flat.items() if path == key or path.endswith("." + key)}
+        if not found:
+            unchecked.append(f"{meaning} ({key})")
+        for path, value in sorted(found.items()):
+            if not (value == ours or isinstance(ours, float) and isinstance(value, (int, float)) and float(value) == ours):
+                differences.append(f"{meaning}: the checkpoint says {path}={value!r}, ours is {ours!r}")
+    return differences, unchecked
+
+
+def _refuse_other_settings(path, checkpoint: Mapping[str, Any], config) -> list[str]:
+    differences, unchecked = compare_hyperparameters(checkpoint.get("hyper_parameters") or {}, config)
+    if differences:
+        raise ConfigError(f"{path} was trained with other settings than the model we would score it with: "
+                          + "; ".join(differences))
+    return unchecked
+
+
+def check_hyperparameters(path: str | Path, config=RELEASED_CONFIG, trust_pickle: bool = False) -> list[str]:
+    """Refuse a checkpoint whose saved settings contradict our model; return the settings it does not record."""
+    return _refuse_other_settings(path, _read(path, trust_pickle), config)

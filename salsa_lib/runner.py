@@ -186,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="rerun notebooks that are up to date and retrain models they would reuse")
     parser.add_argument("--quiet", action="store_true", help="no cell output or progress bars")
+    parser.add_argument("--check", action="store_true",
+                        help="run nothing: say item by item whether the profile's data, weights, GPU and disk are "
+                             "ready (exit 1 when something required is missing; downloads nothing)")
     parser.add_argument("--notebooks-dir", type=Path, help=argparse.SUPPRESS)  # for tests
     args = parser.parse_args(argv)
+    if args.check:
+        return _check(args.profile)
     try:
         overrides = dict(args.p)
         steps = select(plan(args.profile, overrides, args.notebooks_dir), args.start, args.only)
@@ -202,6 +207,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("SALSA_FORCE", None)
     print(f"all done in {time.perf_counter() - start:.1f} s; results in {paths.results_dir(args.profile)}")
     return 0
+
+
+def _check(profile_name: str) -> int:
+    from salsa_lib import readiness
+
+    try:
+        profile = get_profile(profile_name)
+    except SalsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"readiness of profile {profile_name!r} ({profile.description})")
+    text, status = readiness.report(readiness.check(profile))
+    print(text)
+    return status
 
 
 if __name__ == "__main__":

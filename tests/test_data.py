@@ -66,7 +66,11 @@ def write_csv(path: Path, text: str | bytes) -> Path:
     "raw, clean",
     [
         ("A dog barks, loudly!", "a dog barks loudly"),
-        ("  Rain   falls\ton a tin-roof.  ", "rain falls on a tinroof"),
+        ("  Rain   falls\ton a tin-roof.  ", "  rain   falls\ton a tinroof  "),
+        # whitespace is kept exactly as the original kept it (RoBERTa's tokenizer sees it)
+        ("A dog  barks.", "a dog  barks"),
+        ("A dog barks ", "a dog barks "),
+        ("dog,cat - bird", "dogcat  bird"),
         ("The man's \"voice\" (echoing)...", "the mans voice echoing"),
         ("Café NOISE; 100% loud?", "café noise 100 loud"),
     ],

@@ -39,13 +39,23 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
     from salsa_lib import synth
 
     truth = synth.load_truth(datasets.locate(data).root, "evaluation")
-    table, evaluations = evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth)
+    queries = ["a dog barks", test.captions[1][2]]
+    table, evaluations = evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth, queries=queries)
     written = pd.read_csv(tiny_home / "results/test/metrics.csv")
-    assert list(written.model) == ["member0", "member1"] and set(evaluations) == {"member0", "member1"}
-    assert (written.selected_by == "best val mAP@10").all() and (written.split == "test").all()
+    # both weights of every run, each row saying which (the original tested the last epoch)
+    assert list(written.model) == ["member0", "member0", "member1", "member1"]
+    assert list(written.weights) == ["best", "last"] * 2
+    assert set(evaluations) == {"member0 (best)", "member0 (last)", "member1 (best)", "member1 (last)"}
+    assert written.checkpoint.str.endswith(("best.ckpt", "last.ckpt")).all()
+    assert list(written.checkpoint.str.rsplit("/", n=1).str[-1]) == ["best.ckpt", "last.ckpt"] * 2
+    assert written.selected_by.str.startswith(("best val mAP@10", "last epoch")).all()
+    assert (written.split == "test").all()
     for column in ["mAP@10", "R@1", "R@5", "R@10", "A2T R@1", "multi mAP@10"]:
         assert written[column].between(0, 1).all()
-    assert (written["multi mAP@10"] >= 0).all() and len(evaluations["member0"].ranks) == 20
+    assert (written["multi mAP@10"] >= 0).all() and len(evaluations["member0 (best)"].ranks) == 20
+    scores = evaluations["member0 (last)"].query_similarity
+    assert scores.shape == (2, 4)  # the free-text query equal to a caption scores like that caption
+    assert np.allclose(scores[1], evaluations["member0 (last)"].similarity[7], atol=1e-5)
 
     checkpoint = stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt"
     out = tmp_path / "m.json"
@@ -55,3 +65,16 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
     assert result["clips"] == 4 and result["mAP@10"] == pytest.approx(written.loc[0, "mAP@10"])
     assert evaluation.main(["--checkpoint", str(tmp_path / "nope.ckpt"), "--data-root", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_paper_comparison_uses_last_epoch_rows():
+    rows = [{"stage": 1, "model": "member0", "weights": "best", "mAP@10": 0.30},
+            {"stage": 1, "model": "member0", "weights": "last", "mAP@10": 0.28},
+            {"stage": 2, "model": "self_from_member0", "weights": "best", "mAP@10": 0.32},
+            {"stage": 2, "model": "self_from_member0", "weights": "last", "mAP@10": 0.31},
+            {"stage": 2, "model": "ensemble_from_member0", "weights": "last", "mAP@10": 0.50}]
+    table = pd.DataFrame([{**r, "R@1": 0.1, "R@5": 0.2, "R@10": 0.3} for r in rows])
+    out = evaluation.paper_comparison(table).set_index("our weights", append=True)
+    assert list(out["mAP@10 paper"]) == [40.11, 28.20, 29.94]
+    assert out["mAP@10 ours"].iloc[1] == 28.0 and out["mAP@10 ours"].iloc[2] == 31.0  # last, self only
+    assert np.isnan(out["mAP@10 ours"].iloc[0]) and list(out["our runs"]) == [0, 1, 1]

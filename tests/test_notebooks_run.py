@@ -38,7 +38,8 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
     assert list(comparison.stage) == [1, 1, 2]
     evaluated = pd.read_csv(results / "metrics.csv")
-    assert list(evaluated.model) == ["member0", "member1", "ensemble_from_member0"]
+    assert list(evaluated.model) == [m for m in ("member0", "member1", "ensemble_from_member0") for _ in "bl"]
+    assert list(evaluated.weights) == ["best", "last"] * 3
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
     assert (results / "tables" / "04_example_queries.csv").exists()
     demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")

@@ -8,8 +8,8 @@ import torch
 from salsa_lib.config import Stage1Config
 from salsa_lib.errors import ConfigError
 from salsa_lib.model import build_dual_encoder
-from salsa_lib.released import (RELEASED_CONFIG, load_released_checkpoint, map_released_state_dict,
-                                released_hyperparameters)
+from salsa_lib.released import (RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters,
+                                load_released_checkpoint, map_released_state_dict, released_hyperparameters)
 
 TINY = Stage1Config(passt_width=64, passt_depth=1, passt_heads=2, embed_dim=32, window_seconds=1.0,
                     train_seconds=1.0, eval_seconds=1.0)
@@ -19,10 +19,12 @@ LAYOUT = [("audio_encoder.passt.", "audio_embedding_model.model.model."),
           ("text_encoder.model.", "sentence_embedding_model."),
           ("project_audio.", "project_audio.0."),
           ("project_text.", "project_sentence.0.")]
-EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8),
-          "audio_output_projection.0.weight": torch.zeros(4, 4), "posencode.pe": torch.zeros(10, 8),
-          "audio_sequence.layers.0.weight": torch.zeros(4, 4),
+EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8), "posencode.pe": torch.zeros(10, 8),
           "sentence_embedding_model.embeddings.position_ids": torch.arange(512)[None]}
+# what the original's config would record for the paper's model (names from its code, spec 3-5)
+PAPER_HPARAMS = {"audio_features": {"model": "passt", "segment_length": 10, "hop_length": 10, "aggregate": "mean"},
+                 "sentence_features": {"model": "roberta-large", "max_sentence_tokens": 32, "use_first_token": True},
+                 "sequence_model": {"num_layers": 0}, "remove_punctuation": True, "normalize": True}
 
 
 class TrainingOptions:
@@ -142,26 +144,67 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path, released):
     assert "project_audio.weight" in message and "(32, 65)" in message and "(32, 64)" in message
 
 
-def test_pickled_objects_need_trust_pickle(tmp_path, released):
+def test_pickled_config_objects_are_read_as_inert_data(tmp_path, released, original):
     path = save(tmp_path, released, {"options": TrainingOptions(2e-5)})
-    with pytest.raises(ConfigError, match="trust_pickle=True"):
-        load_released_checkpoint(path, TINY)
-    with pytest.raises(ConfigError, match="trust_pickle"):
-        released_hyperparameters(path)
-    assert load_released_checkpoint(path, TINY, trust_pickle=True) is not None
+    loaded = load_released_checkpoint(path, TINY)  # the weights score without unpickling any code
+    assert torch.equal(loaded.project_text.weight, original.project_text.weight)
+    options = released_hyperparameters(path)["options"]
+    assert type(options).__name__ == "TrainingOptions" and options.lr == 2e-5  # a stand-in, not the class
+    assert not isinstance(options, TrainingOptions)
     assert released_hyperparameters(path, trust_pickle=True)["options"].lr == 2e-5
 
 
 def test_code_in_the_pickle_does_not_run(tmp_path, released):
     marker = tmp_path / "pwned"
     path = save(tmp_path, released, {"payload": Payload(marker)})
-    with pytest.raises(ConfigError, match="trust_pickle"):
+    with pytest.raises(ConfigError, match="-p trust_released_pickle true") as err:
         load_released_checkpoint(path, TINY)
+    assert "arbitrary code" in str(err.value)
     with pytest.raises(ConfigError):
         released_hyperparameters(path)
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load does run it
     assert marker.exists()
+
+
+@pytest.mark.parametrize("key", ["audio_sequence.layers.0.linear1.weight", "audio_output_projection.0.weight"])
+def test_sequence_model_weights_mean_another_model(tmp_path, released, key):
+    released[key] = torch.zeros(4, 4)
+    with pytest.raises(ConfigError, match="different model") as err:
+        load_released_checkpoint(save(tmp_path, released), TINY)
+    assert key in str(err.value)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        map_released_state_dict(released)
+
+
+def test_paper_hyperparameters_pass_and_every_difference_is_named(tmp_path, released):
+    assert compare_hyperparameters(PAPER_HPARAMS) == ([], [])
+    changed = {**PAPER_HPARAMS, "remove_punctuation": False, "normalize": False,
+               "audio_features": {**PAPER_HPARAMS["audio_features"], "aggregate": "max", "segment_length": 5},
+               "sentence_features": {"max_sentence_tokens": 64, "use_first_token": False},
+               "sequence_model": {"num_layers": 2}}
+    differences, _ = compare_hyperparameters(changed)
+    text = " ".join(differences)
+    for named in ("audio_features.aggregate='max'", "audio_features.segment_length=5", "max_sentence_tokens=64",
+                  "remove_punctuation=False", "normalize=False", "sequence_model.num_layers=2",
+                  "use_first_token=False"):
+        assert named in text
+    assert len(differences) == 7
+    path = save(tmp_path, released, changed)
+    with pytest.raises(ConfigError, match="sequence_model.num_layers=2"):
+        load_released_checkpoint(path, TINY)
+
+
+def test_unrecorded_settings_are_listed_not_guessed(tmp_path, released):
+    differences, unchecked = compare_hyperparameters({"lr": 2e-5})
+    assert differences == [] and len(unchecked) == 8 and any("max_sentence_tokens" in u for u in unchecked)
+    assert len(check_hyperparameters(save(tmp_path, released, {"lr": 2e-5}))) == 8
+
+
+def test_hyperparameters_inside_a_pickled_container_are_compared(tmp_path, released):
+    path = save(tmp_path, released, {"config": TrainingOptions(PAPER_HPARAMS | {"normalize": False})})
+    with pytest.raises(ConfigError, match="normalize=False"):
+        load_released_checkpoint(path, TINY)
 
 
 def test_missing_and_broken_files(tmp_path):
