@@ -16,13 +16,24 @@ from salsa_lib.errors import ConfigError
 from salsa_lib.model import build_dual_encoder
 
 
+def _safe_load(checkpoint: Path):
+    """``torch.load(weights_only=True)``, memory-mapped where the file allows it: last.ckpt also holds
+    optimizer state (GBs at the paper's size) that is never read here."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap can only be used" not in str(err):
+            raise
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
 def load_member(checkpoint: str | Path):
     """The DualEncoder stored in a checkpoint, rebuilt from the parameters saved with it."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # last.ckpt also holds optimizer state never read here
+        state = _safe_load(checkpoint)
     except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
         if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
             raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
