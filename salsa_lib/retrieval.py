@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +86,7 @@ class _WindowEmbedder:
             return
         batch = torch.from_numpy(np.stack([p[2] for p in self.pending])).to(self.device)
         lengths = torch.tensor([p[3] for p in self.pending], dtype=torch.float32, device=self.device)
-        with warnings.catch_warnings():  # torch/hear21passt deprecation notices, once per process: noise here
-            warnings.filterwarnings("ignore", message=".*(return_complex|autocast)")
-            vectors = self.model.embed_audio(batch, lengths).float().cpu().numpy()
+        vectors = self.model.embed_audio(batch, lengths).float().cpu().numpy()  # dependency noise: salsa_lib.quiet
         for (rel, start, _, _), vector in zip(self.pending, vectors):
             self.done.setdefault(rel, []).append((start, vector))
         self.pending = []

@@ -48,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         retrieval.check_query(args.query)  # an empty query or a missing folder fails before the model loads
         if not Path(args.audio_dir).is_dir():
             raise ConfigError(f"audio folder {args.audio_dir} does not exist or is not a folder")
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every start
         model, _, model_id = retrieval.load_search_model(args.model, args.device)
         index = retrieval.build_index(args.audio_dir, model, model_id, hop_seconds=args.hop_seconds,
                                       rebuild=args.rebuild, backend=args.backend,
