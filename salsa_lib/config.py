@@ -143,6 +143,9 @@ class Stage1Config(StageConfig):
     passt_width: int = 192  # passt_small only: embedding width, layers, heads
     passt_depth: int = 2
     passt_heads: int = 3
+    pretrain_clips: int = 800  # passt_small only: tagging pool for its pretraining (AudioSet stand-in); 0: none
+    pretrain_epochs: int = 6  # passes over the tagging pool
+    pretrain_lr: float = 1e-3  # AdamW, one warm-up epoch then cosine to 0
     text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
     text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
     text_max_length: int = 32  # tokens (spec 4)
@@ -189,6 +192,12 @@ class Stage1Config(StageConfig):
                               f"{self.warmup_epochs}, {self.rampdown_start}, {self.rampdown_stop}")
         if self.num_workers < 0 or self.weight_decay < 0:
             raise ConfigError("num_workers and weight_decay must be >= 0")
+        if self.pretrain_clips < 0 or self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
+            raise ConfigError("need pretrain_clips >= 0, pretrain_epochs >= 0 and pretrain_lr > 0, got "
+                              f"{self.pretrain_clips}, {self.pretrain_epochs}, {self.pretrain_lr}")
+        if self.pretrain_clips and self.audio_encoder != "passt_small":
+            raise ConfigError(f"pretrain_clips={self.pretrain_clips} pretrains passt_small only; "
+                              f"{self.audio_encoder!r} has its own weights: set pretrain_clips 0")
 
 
 @dataclass(frozen=True)
@@ -215,8 +224,8 @@ class Stage2Config(StageConfig):
     """Notebook 03: distil the estimated correspondences into a stage-1 model (spec 7.3, 8)."""
 
     profile: str = "tiny"
-    teachers: str = "ensemble"  # ensemble (all stage-1 members) or self (only the initial member)
-    init_member: int = 0  # the stage-1 member whose best checkpoint initialises the student
+    teachers: str = "ensemble,control,truth"  # comma list of ensemble, self, truth (known correspondences), control (L_sup only)
+    students: int = 3  # student k starts from stage-1 member k with seed + k: paired seeds across teachers
     sup_weight: float = 0.0  # weight of L_sup; the paper's recipe: 0
     distill_weight: float = 1.0  # weight of L_dist; the paper's recipe: 1
     seed: int = 523528930  # the README's stage-2 seed
@@ -242,15 +251,26 @@ class Stage2Config(StageConfig):
     resume: bool = True
 
     def validate(self) -> None:
-        if self.teachers not in ("ensemble", "self"):
-            raise ConfigError(f"teachers={self.teachers!r}; choose ensemble or self")
-        if self.init_member < 0:
-            raise ConfigError(f"init_member must be >= 0, got {self.init_member}")
+        kinds = self.teacher_kinds
+        unknown = sorted(set(kinds) - set(TEACHER_KINDS))
+        if unknown or not kinds or len(set(kinds)) != len(kinds):
+            raise ConfigError(f"teachers={self.teachers!r}; give distinct names, comma-separated, of {TEACHER_KINDS}")
+        if self.students < 1:
+            raise ConfigError(f"students must be >= 1, got {self.students}")
         if self.sup_weight < 0 or self.distill_weight < 0 or self.sup_weight + self.distill_weight == 0:
             raise ConfigError(f"need non-negative loss weights, not both zero: sup_weight={self.sup_weight}, "
                               f"distill_weight={self.distill_weight}")
         # the training fields obey the same rules as stage 1's
         Stage1Config(**{k: v for k, v in self.to_params().items() if k in Stage1Config.field_names()})
+
+    @property
+    def teacher_kinds(self) -> list[str]:
+        return [kind.strip() for kind in self.teachers.split(",") if kind.strip()]
+
+
+# stage 2's teachers: all stage-1 members, the initial member alone, the synthetic set's true
+# correspondences (the method's ceiling), or none (L_sup only for as many epochs: the control)
+TEACHER_KINDS = ("ensemble", "self", "truth", "control")
 
 
 @dataclass(frozen=True)
@@ -327,7 +347,7 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(profile="clotho", dataset="clotho"),
         stage1=Stage1Config(  # the README recipe (spec 8): one member, seed 409194
             profile="clotho", members=1, seed=409194, audio_encoder="passt_s_p16_s16_128_ap468",
-            pretrained_audio=True, text_encoder="roberta-large", text_trainable_layers=-1,
+            pretrained_audio=True, pretrain_clips=0, text_encoder="roberta-large", text_trainable_layers=-1,
             train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0, batch_size=64, eval_batch_size=32,
             epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5,
             lr_text_encoder=2e-5, lr_audio_projection=2e-5, lr_text_projection=2e-5,
@@ -335,7 +355,7 @@ PROFILES: dict[str, Profile] = {
         ),
         correspondences=CorrespondenceConfig(profile="clotho", batch_size=64, device="cuda"),
         stage2=Stage2Config(  # README recipe: self-distillation, L_dist only, seed 523528930
-            profile="clotho", teachers="self", init_member=0, sup_weight=0.0, distill_weight=1.0,
+            profile="clotho", teachers="self", students=1, sup_weight=0.0, distill_weight=1.0,
             seed=523528930, batch_size=64, eval_batch_size=32, epochs=20, warmup_epochs=1.0,
             rampdown_start=1.0, rampdown_stop=15.0, lr_audio_encoder=2e-5, lr_text_encoder=2e-5,
             lr_audio_projection=2e-5, lr_text_projection=2e-5, precision="16-mixed", accelerator="gpu",

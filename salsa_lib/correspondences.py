@@ -77,6 +77,16 @@ def ensemble_logits(audio: torch.Tensor, captions: torch.Tensor, tau: float) -> 
     return torch.einsum("mad,mcd->ac", audio, captions) / (audio.shape[0] * tau)
 
 
+def truth_logits(truth: torch.Tensor, audio_idx: torch.Tensor, caption_idx: torch.Tensor, tau: float) -> torch.Tensor:
+    """The known correspondences of a batch as teacher logits: a teacher whose cosine is 1 for true pairs, 0 else.
+
+    ``truth`` (n_clips, n_captions) is the synthetic set's 0/1 matrix; the result (B_a, B_c) goes
+    through the same in-batch normalisation as ``ensemble_logits`` (softmax of logits over rows and
+    columns), which at tau = 0.05 spreads each row's mass evenly over its true matches in the batch.
+    """
+    return truth[audio_idx][:, caption_idx].float() / tau
+
+
 def full_split_similarity(audio: torch.Tensor, captions: torch.Tensor, block: int = 2048) -> np.ndarray:
     """The ensemble's mean cosine for every (clip, caption) pair of a split, computed in caption blocks.
 

@@ -17,6 +17,9 @@ MINIATURE = {
     "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
     "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
     "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
+    "pretrain_clips": 12, "pretrain_epochs": 1,
+    # 03_stage2: every teacher kind of the default grid, one student each
+    "students": 1,
 }
 
 
@@ -39,9 +42,13 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     quality = pd.read_csv(results / "tables" / "correspondence_quality.csv")
     assert list(quality.estimate) == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
     comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
-    assert list(comparison.stage) == [1, 1, 2]
+    assert list(comparison.stage) == [1, 1, 2, 2, 2]
     evaluated = pd.read_csv(results / "metrics.csv")
-    assert list(evaluated.model) == ["member0", "member1", "ensemble_from_member0"]
+    assert list(evaluated.model) == ["member0", "member1", "control_from_member0", "ensemble_from_member0",
+                                     "truth_from_member0"]
+    assert list(pd.read_csv(results / "tables" / "01_pretraining_tagging.csv").metric)[0] == "tag mAP"
+    verdict = pd.read_csv(results / "tables" / "verdict.csv")
+    assert list(verdict.system) == ["chance", "i = j (stage 1)", "control", "ensemble", "truth", "oracle ranking"]
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
     assert (results / "tables" / "04_example_queries.csv").exists()
     demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")
@@ -49,7 +56,7 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
                    "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
                    "02_estimate_quality", "02_example_correspondences", "03_stage2_curves",
-                   "04_stage1_vs_stage2", "04_rank_histogram"):
+                   "04_stage1_vs_stage2", "04_rank_histogram", "04_verdict"):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
 
     assert runner.main(argv) == 0  # everything current: nothing reruns
