@@ -43,6 +43,7 @@ QUICK_OVERRIDES = {
     "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
     "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0, "batch_size": 10,
     "eval_batch_size": 4, "epochs": 1, "warmup_epochs": 0.5, "rampdown_start": 0.5, "rampdown_stop": 1.0,
+    "pretrain_clips": 12, "pretrain_epochs": 1, "students": 1,
 }
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from salsa_lib.data import ClipDataset, ClothoSplit, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, file_digest
+from salsa_lib.step_cache import frozen_text_states
 
 
 @torch.no_grad()
@@ -26,7 +28,12 @@ def embed_split(model, split: ClothoSplit, seconds: float, batch_size: int = 32,
     audio = [model.embed_audio(b["audio"].to(device), b["audio_length"].to(device)).float().cpu()
              for b in DataLoader(ClipDataset(split, seconds), batch_size=batch_size)]
     captions = [c for clip in split.captions for c in clip]
-    text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
+    if model.text_encoder.bottom_frozen:  # members share the frozen bottom: computed once per process
+        states = frozen_text_states(model.text_encoder, captions)
+        text = [F.normalize(model.project_text(model.text_encoder.forward_from_states(states[i:i + batch_size])),
+                            dim=-1).float().cpu() for i in range(0, len(captions), batch_size)]
+    else:
+        text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
     return {"audio": torch.cat(audio), "captions": torch.cat(text)}
 
 

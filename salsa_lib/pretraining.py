@@ -27,6 +27,7 @@ from salsa_lib.files import atomic_path, atomic_write_json, file_digest
 
 SAMPLE_RATE = 32000
 HELD_OUT = 0.1  # fraction of the pool kept aside to measure tagging accuracy
+HEAD_LR_FACTOR = 30.0  # the new tagging head needs far larger steps than the encoder to learn a readout
 
 
 def tag_names() -> list[str]:
@@ -123,14 +124,16 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
     torch.manual_seed(config.seed)
     encoder = AudioEncoder(build_passt(SMALL_PASST, config.window_seconds, config.passt_width, config.passt_depth,
                                        config.passt_heads), config.window_seconds)
-    head = nn.Linear(encoder.dim, tags.shape[1])
     n_val = max(1, int(round(HELD_OUT * len(audio))))
+    head = tagging_head(encoder.dim, tags[: len(audio) - n_val])
     power = torch.cat([encoder.power(torch.from_numpy(audio[k:k + 64])) for k in range(0, len(audio), 64)])
     targets, length = torch.from_numpy(tags), torch.ones(len(audio))
     train_ids = np.arange(len(audio) - n_val)
     steps_per_epoch = max(1, len(train_ids) // config.batch_size)
     total = steps_per_epoch * config.pretrain_epochs
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=config.pretrain_lr)
+    optimizer = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad]},
+                                   {"params": head.parameters(), "lr": HEAD_LR_FACTOR * config.pretrain_lr}],
+                                  lr=config.pretrain_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / steps_per_epoch) * 0.5 * (
         1 + math.cos(math.pi * min(s / total, 1.0))))
     before, history, rng = evaluate_tagger(encoder, head, power, targets, n_val), [], np.random.default_rng(config.seed)
@@ -152,6 +155,22 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
             print(f"pretraining epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
                                                             if k != "epoch"), flush=True)
     return encoder.passt, {"held_out_clips": n_val, "before": before, "after": history[-1], "history": history}
+
+
+def tagging_head(dim: int, train_tags: np.ndarray) -> nn.Linear:
+    """A linear head that starts at the tags' training frequencies: zero weights, bias = log-odds of the prior.
+
+    With a random head the first steps mostly fit how common each tag is, and they do it by
+    collapsing the encoder's output to a constant (measured: the embeddings' spread across clips
+    fell fourfold in 12 steps and the tagging stayed at the prior). Starting at the prior leaves only
+    the clip-specific part to learn.
+    """
+    head = nn.Linear(dim, train_tags.shape[1])
+    prior = torch.from_numpy(train_tags.mean(0)).clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.log(prior / (1 - prior)))
+    return head
 
 
 @torch.no_grad()

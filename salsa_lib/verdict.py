@@ -85,7 +85,10 @@ def estimate_quality_by_kind(quality: pd.DataFrame) -> dict:
     """The correspondence-quality table (notebook 02) keyed by teacher kind: what each kind distils."""
     by_name = quality.set_index("estimate")[["ROC-AUC", "AP"]]
     members = by_name[by_name.index.str.fullmatch(r"member\d+")]
-    out = {"truth": {"ROC-AUC": 1.0, "AP": 1.0}}
+    out = {}
+    truth = [name for name in by_name.index if name.startswith("truth")]
+    if truth:
+        out["truth"] = by_name.loc[truth[0]].to_dict()
     if "ensemble" in by_name.index:
         out["ensemble"] = by_name.loc["ensemble"].to_dict()
     if len(members):
