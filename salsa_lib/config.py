@@ -144,7 +144,7 @@ class Stage1Config(StageConfig):
     passt_depth: int = 2
     passt_heads: int = 3
     pretrain_clips: int = 800  # passt_small only: tagging pool for its pretraining (AudioSet stand-in); 0: none
-    pretrain_epochs: int = 8  # passes over the tagging pool
+    pretrain_epochs: int = 12  # passes over the tagging pool
     pretrain_lr: float = 3e-4  # AdamW for the encoder (the new tagging head: 30 times more), warm-up epoch, cosine to 0
     text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
     text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
@@ -157,10 +157,10 @@ class Stage1Config(StageConfig):
     window_seconds: float = 5.0  # PaSST window; paper: 10 (three windows per 30 s clip)
     batch_size: int = 32  # paper: 64
     eval_batch_size: int = 32
-    epochs: int = 3  # paper: 20
+    epochs: int = 5  # paper: 20
     warmup_epochs: float = 1.0  # linear warmup (per step); paper: 1
     rampdown_start: float = 1.0  # cosine from lr to min_lr between these epochs, then constant; paper: 1
-    rampdown_stop: float = 3.0  # paper: 15
+    rampdown_stop: float = 5.0  # paper: 15
     lr_audio_encoder: float = 5e-4  # paper: 2e-5 for all four groups; a random-init PaSST needs more
     lr_text_encoder: float = 5e-5
     lr_audio_projection: float = 1e-3
