@@ -43,8 +43,8 @@ def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint
     payload = {"audio": embeddings["audio"].half(), "captions": embeddings["captions"].half(),
                "split": split.split, "fingerprint": split_fingerprint(split), "member": member,
                "checkpoint_sha256": checkpoint_sha256 or file_digest(checkpoint)}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as handle:  # a file object: same bytes every time
+        torch.save(payload, handle)
 
 
 def load_embeddings(path: Path, split: ClothoSplit, checkpoint: Path | None = None) -> dict:

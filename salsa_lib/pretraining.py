@@ -93,8 +93,9 @@ def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = T
         _check_disjoint(clips, audio.shape[1], data)
     started = time.perf_counter()
     passt, metrics = train_tagger(audio, tag_matrix(clips, tag_names()), config, progress)
-    with atomic_path(checkpoint_path(config.profile), suffix=".pt") as tmp:
-        torch.save({"passt": passt.state_dict(), "params": params, "tags": tag_names()}, tmp)
+    # through a file object: torch.save names the archive after a path, and the temporary one is random
+    with atomic_path(checkpoint_path(config.profile), suffix=".pt") as tmp, open(tmp, "wb") as handle:
+        torch.save({"passt": passt.state_dict(), "params": params, "tags": tag_names()}, handle)
     record = {"params": params, "checkpoint": checkpoint_path(config.profile).name,
               "checkpoint_sha256": file_digest(checkpoint_path(config.profile)),
               "seconds": round(time.perf_counter() - started, 1), **metrics, **reports.run_metadata()}

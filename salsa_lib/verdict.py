@@ -44,7 +44,15 @@ def stage2_kinds(stage2_dir: Path) -> pd.DataFrame:
 
 
 def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
-    """metrics.csv rows as (kind, student, metrics): stage-1 members are the ``i = j`` kind, student = member."""
+    """metrics.csv rows as (kind, student, metrics): stage-1 members are the ``i = j`` kind, student = member.
+
+    One row per model: the best-validation checkpoints when metrics.csv holds other selections too.
+    """
+    if "selected_by" in table and table["selected_by"].nunique() > 1:
+        table = table[table["selected_by"].astype(str).str.startswith("best")]
+    if table.model.duplicated().any():
+        raise ValueError(f"metrics.csv lists {sorted(set(table.model[table.model.duplicated()]))} more than once: "
+                         "cannot pair the seeds")
     stage1 = table[table.stage.astype(str) == "1"].assign(
         kind="i = j (stage 1)", student=lambda d: d.model.str.removeprefix("member").astype(int))
     stage2 = table[table.stage.astype(str) == "2"].merge(stage2_kinds(stage2_dir), on="model", how="inner")
