@@ -100,6 +100,7 @@ def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batc
         optimizer.step()
 
     train = _train_figures(_time_steps(step, warmup, repeats), batch)
+    breakdown = step_breakdown(model, optimizer, audio, captions, warmup, repeats)
 
     model.eval()
     with torch.no_grad():
@@ -112,12 +113,71 @@ def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batc
         "parameters": {"audio_encoder": _count(model.audio_encoder), "text_encoder": _count(model.text_encoder),
                        "all": _count(model)},
         "train": train,
+        "step_breakdown": breakdown,
         "embed": {"batch": batch, "repeats": embed_batches,
                   "audio_clips_per_s": round(batch / statistics.median(audio_times), 1),
                   "captions_per_s": round(batch / statistics.median(text_times), 1),
                   "audio_seconds_per_batch_median": round(statistics.median(audio_times), 4),
                   "text_seconds_per_batch_median": round(statistics.median(text_times), 4)},
     }
+
+
+def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int) -> dict:
+    """Median seconds of each part of a tiny training step, as it was (``before``) and as training now runs it.
+
+    before: hear21passt's front end (STFT + mel) every step, captions padded to 32 tokens through all
+    six MiniLM layers. after: the clips' power spectrograms and the frozen text layers' outputs are
+    stored once per run (``salsa_lib.step_cache``), so a step computes only the jittered mel filterbank,
+    the top text layers, on captions padded to the longest of the batch. PaSST is the same in both.
+    """
+    from salsa_lib.data import preprocess_caption
+    from salsa_lib.losses import contrastive_loss
+
+    audio_encoder, text_encoder = model.audio_encoder, model.text_encoder
+    model.train()
+    power = audio_encoder.power(audio)
+    states = text_encoder.frozen_states(captions)
+    with torch.no_grad():
+        mel = audio_encoder.log_mel(power.flatten(0, 1)).unsqueeze(1)
+    tokens = text_encoder.tokenizer([preprocess_caption(c) for c in captions], padding="max_length",
+                                    truncation=True, max_length=text_encoder.max_length, return_tensors="pt")
+    lengths, ids = torch.ones(len(audio)), torch.arange(len(audio))
+
+    def passt():
+        cls, dist = audio_encoder.passt.forward_features(mel)
+        ((cls + dist) / 2).sum().backward()
+
+    def full_step(stored: bool):
+        optimizer.zero_grad(set_to_none=True)
+        if stored:
+            a = model.embed_audio(audio, lengths, power=power)
+            t = nn.functional.normalize(model.project_text(text_encoder.forward_from_states(states)), dim=-1)
+        else:
+            with torch.no_grad():
+                windows_mel = audio_encoder.mel(audio).unsqueeze(1)
+            cls, dist = audio_encoder.passt.forward_features(windows_mel)
+            a = nn.functional.normalize(model.project_audio((cls + dist) / 2), dim=-1)
+            t = nn.functional.normalize(model.project_text(text_encoder.model(**tokens).last_hidden_state[:, 0]), dim=-1)
+        contrastive_loss(model.logits(a, t), ids).backward()
+        optimizer.step()
+
+    parts = {
+        "before": {"mel front end (STFT + mel)": lambda: audio_encoder.mel(audio),
+                   "small PaSST forward+backward": passt,
+                   "MiniLM forward+backward (32 tokens, 6 layers)":
+                       lambda: text_encoder.model(**tokens).last_hidden_state[:, 0].sum().backward(),
+                   "whole step": lambda: full_step(False)},
+        "after": {"mel filterbank on stored power": lambda: audio_encoder.log_mel(power.flatten(0, 1)),
+                  "small PaSST forward+backward": passt,
+                  "MiniLM top layers forward+backward (longest caption)":
+                      lambda: text_encoder.forward_from_states(states).sum().backward(),
+                  "whole step": lambda: full_step(True)},
+    }
+    out = {when: {name: round(statistics.median(_time_steps(f, warmup, repeats)), 4) for name, f in fns.items()}
+           for when, fns in parts.items()}
+    out["tokens"] = {"padded_before": int(tokens["input_ids"].shape[1]), "longest_after": max(len(s) for s in states)}
+    optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 class RandomRoberta(nn.Module):

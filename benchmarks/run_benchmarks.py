@@ -132,6 +132,10 @@ def _summarise_models(d: dict, rows: list, ratios: list) -> None:
             how += " (median recomputed differs!)"
         _figure(rows, "models", f"{label}: training throughput", train.get("clips_per_s"), "clips/s", how)
         _figure(rows, "models", f"{label}: seconds per step", train.get("seconds_per_step_median"), "s", how)
+        for when, parts in ((w, m.get("step_breakdown", {}).get(w, {})) for w in ("before", "after")):
+            for part, seconds in parts.items():  # stored spectrograms / frozen text states: notebook 01's steps
+                _figure(rows, "models", f"{label}: step breakdown {when} step caches, {part}", seconds, "s",
+                        f"median of {d.get('repeats', '?')}, batch {m.get('batch')}")
         params = m.get("parameters", {})
         for part in ("audio_encoder", "text_encoder", "all"):
             count = params.get(part, {})

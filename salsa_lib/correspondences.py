@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from salsa_lib.data import ClipDataset, ClothoSplit, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, file_digest
+from salsa_lib.step_cache import frozen_text_states
 
 
 @torch.no_grad()
@@ -26,7 +28,12 @@ def embed_split(model, split: ClothoSplit, seconds: float, batch_size: int = 32,
     audio = [model.embed_audio(b["audio"].to(device), b["audio_length"].to(device)).float().cpu()
              for b in DataLoader(ClipDataset(split, seconds), batch_size=batch_size)]
     captions = [c for clip in split.captions for c in clip]
-    text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
+    if model.text_encoder.bottom_frozen:  # members share the frozen bottom: computed once per process
+        states = frozen_text_states(model.text_encoder, captions)
+        text = [F.normalize(model.project_text(model.text_encoder.forward_from_states(states[i:i + batch_size])),
+                            dim=-1).float().cpu() for i in range(0, len(captions), batch_size)]
+    else:
+        text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
     return {"audio": torch.cat(audio), "captions": torch.cat(text)}
 
 
@@ -36,8 +43,8 @@ def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint
     payload = {"audio": embeddings["audio"].half(), "captions": embeddings["captions"].half(),
                "split": split.split, "fingerprint": split_fingerprint(split), "member": member,
                "checkpoint_sha256": checkpoint_sha256 or file_digest(checkpoint)}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as handle:  # a file object: same bytes every time
+        torch.save(payload, handle)
 
 
 def load_embeddings(path: Path, split: ClothoSplit, checkpoint: Path | None = None) -> dict:
@@ -76,6 +83,16 @@ def ensemble_logits(audio: torch.Tensor, captions: torch.Tensor, tau: float) -> 
     """
     with torch.autocast(audio.device.type, enabled=False):  # fp32 under AMP, like the student's logits
         return torch.einsum("mad,mcd->ac", audio.float(), captions.float()) / (audio.shape[0] * tau)
+
+
+def truth_logits(truth: torch.Tensor, audio_idx: torch.Tensor, caption_idx: torch.Tensor, tau: float) -> torch.Tensor:
+    """The known correspondences of a batch as teacher logits: a teacher whose cosine is 1 for true pairs, 0 else.
+
+    ``truth`` (n_clips, n_captions) is the synthetic set's 0/1 matrix; the result (B_a, B_c) goes
+    through the same in-batch normalisation as ``ensemble_logits`` (softmax of logits over rows and
+    columns), which at tau = 0.05 spreads each row's mass evenly over its true matches in the batch.
+    """
+    return truth[audio_idx][:, caption_idx].float() / tau
 
 
 def full_split_similarity(audio: torch.Tensor, captions: torch.Tensor, block: int = 2048) -> np.ndarray:

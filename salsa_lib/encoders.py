@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from torchaudio.compliance.kaldi import get_mel_banks
 
 from salsa_lib.data import preprocess_caption
 from salsa_lib.errors import ConfigError, DownloadError
@@ -81,17 +83,45 @@ class AudioEncoder(nn.Module):
         self.window_samples = int(round(window_seconds * 32000))
         self.dim = passt.embed_dim
 
-    def forward(self, audio: torch.Tensor, audio_length: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()  # the front end is fixed; no gradients needed (spec 3.2)
+    def power(self, audio: torch.Tensor) -> torch.Tensor:
+        """Power spectrograms (B, windows, 513, frames): the front end's part without randomness.
+
+        Training recomputed them every step for the same cached audio; callers may store them once
+        and pass them to ``forward`` (the random fmin/fmax jitter acts only after this point).
+        """
         batch, samples = audio.shape
         n_windows = math.ceil(samples / self.window_samples)
         audio = nn.functional.pad(audio, (0, n_windows * self.window_samples - samples))
-        windows = audio.reshape(batch * n_windows, self.window_samples)
-        with torch.no_grad():  # the front end is fixed; no gradients needed (spec 3.2)
-            mel = self.mel(windows).unsqueeze(1)
+        x = audio.reshape(batch * n_windows, 1, self.window_samples)
+        x = nn.functional.conv1d(x, self.mel.preemphasis_coefficient).squeeze(1)
+        x = torch.stft(x, self.mel.n_fft, hop_length=self.mel.hopsize, win_length=self.mel.win_length,
+                       center=True, normalized=False, window=self.mel.window, return_complex=True)
+        x = x.real ** 2 + x.imag ** 2
+        return x.reshape(batch, n_windows, *x.shape[1:])
+
+    @torch.no_grad()
+    def log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        """hear21passt's AugmentMelSTFT after its STFT, with the same random draws (fmin, then fmax)."""
+        mel = self.mel
+        fmin = mel.fmin + torch.randint(mel.fmin_aug_range, (1,)).item()
+        fmax = mel.fmax + mel.fmax_aug_range // 2 - torch.randint(mel.fmax_aug_range, (1,)).item()
+        if not mel.training:
+            fmin, fmax = mel.fmin, mel.fmax
+        basis, _ = get_mel_banks(mel.n_mels, mel.n_fft, mel.sr, fmin, fmax, vtln_low=100.0, vtln_high=-500.0,
+                                 vtln_warp_factor=1.0)
+        basis = nn.functional.pad(basis, (0, 1)).to(power)
+        return ((basis @ power + 1e-5).log() + 4.5) / 5.0
+
+    def forward(self, audio: torch.Tensor, audio_length: torch.Tensor, power: torch.Tensor | None = None) -> torch.Tensor:
+        """``power``: the stored ``self.power(audio)``, which spares the STFT (``audio`` then unused)."""
+        power = self.power(audio) if power is None else power
+        batch, n_windows = power.shape[:2]
+        mel = self.log_mel(power.flatten(0, 1)).unsqueeze(1)
         cls, dist = self.passt.forward_features(mel)
         window_embeddings = ((cls + dist) / 2).reshape(batch, n_windows, -1)
         keep = torch.ceil(audio_length * n_windows).clamp(min=1)  # windows that contain audio
-        mask = (torch.arange(n_windows, device=audio.device)[None, :] < keep[:, None]).to(window_embeddings)
+        mask = (torch.arange(n_windows, device=power.device)[None, :] < keep[:, None]).to(window_embeddings)
         return (window_embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
@@ -158,8 +188,53 @@ class TextEncoder(nn.Module):
         for module in [self.model.embeddings, *layers[: len(layers) - trainable_layers]]:
             module.requires_grad_(False)
 
-    def forward(self, captions: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer([preprocess_caption(c) for c in captions], padding="max_length",
+    @property
+    def bottom_frozen(self) -> bool:
+        """Whether ``frozen_states`` may stand in for the bottom of the model (its embeddings do not train)."""
+        return not any(p.requires_grad for p in self.model.embeddings.parameters())
+
+    @property
+    def n_frozen(self) -> int:
+        """Bottom layers without trainable weights (the embeddings count as layer 0's input)."""
+        layers = self.model.encoder.layer
+        return next((k for k, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())),
+                    len(layers))
+
+    def tokenize(self, captions: list[str]) -> dict:
+        # padded to the longest caption of the batch, not to max_length: pads change no real token's output
+        tokens = self.tokenizer([preprocess_caption(c) for c in captions], padding="longest",
                                 truncation=True, max_length=self.max_length, return_tensors="pt")
-        tokens = {k: v.to(self.model.device) for k, v in tokens.items()}
-        return self.model(**tokens).last_hidden_state[:, 0]
+        return {k: v.to(self.model.device) for k, v in tokens.items()}
+
+    @torch.no_grad()
+    def frozen_states(self, captions: list[str]) -> list[torch.Tensor]:
+        """Per caption, the output of the frozen bottom layers (tokens, d), without padding.
+
+        They never change while training, so a training run computes them once. They are computed
+        without dropout (eval mode); the layers that train keep theirs.
+        """
+        tokens = self.tokenize(captions)
+        was_training = self.model.training
+        self.model.eval()
+        hidden = self.model.embeddings(input_ids=tokens["input_ids"], token_type_ids=tokens.get("token_type_ids"))
+        hidden = self._run_layers(hidden, tokens["attention_mask"], self.model.encoder.layer[: self.n_frozen])
+        self.model.train(was_training)
+        lengths = tokens["attention_mask"].sum(1).tolist()
+        return [h[:n].clone() for h, n in zip(hidden, lengths)]
+
+    def forward_from_states(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """First-token embedding from ``frozen_states`` (padded here to the longest of the batch)."""
+        hidden = nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.model.device)
+        mask = (torch.arange(hidden.shape[1])[None, :] < torch.tensor([len(s) for s in states])[:, None])
+        hidden = self._run_layers(hidden, mask.long().to(hidden.device), self.model.encoder.layer[self.n_frozen:])
+        return hidden[:, 0]
+
+    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+        mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in layers:
+            hidden = layer(hidden, mask)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
+
+    def forward(self, captions: list[str]) -> torch.Tensor:
+        return self.model(**self.tokenize(captions)).last_hidden_state[:, 0]

@@ -21,8 +21,9 @@ class DualEncoder(nn.Module):
         # tau is fixed at 0.05 in the paper (freeze_tau); a buffer keeps it in checkpoints, out of optimisers
         self.register_buffer("tau", torch.tensor(float(tau)))
 
-    def embed_audio(self, audio: torch.Tensor, audio_length: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.project_audio(self.audio_encoder(audio, audio_length)), dim=-1)
+    def embed_audio(self, audio: torch.Tensor, audio_length: torch.Tensor, power: torch.Tensor | None = None) -> torch.Tensor:
+        """``power``: the audio's stored power spectrograms (``AudioEncoder.power``), if the caller has them."""
+        return F.normalize(self.project_audio(self.audio_encoder(audio, audio_length, power)), dim=-1)
 
     def embed_text(self, captions: list[str]) -> torch.Tensor:
         return F.normalize(self.project_text(self.text_encoder(captions)), dim=-1)

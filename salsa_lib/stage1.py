@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pandas as pd
 
-from salsa_lib import paths, reports
+from salsa_lib import paths, pretraining, reports
 from salsa_lib.checkpoints import load_member  # noqa: F401 - moved to the model core, kept importable here
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.data import split_fingerprint
@@ -31,7 +31,9 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True)
     from salsa_lib import datasets
 
     splits = datasets.load_splits(data, splits=("train", "val"), progress=progress)
-    records = [train_member(config, k, splits["train"], splits["val"], progress) for k in range(config.members)]
+    pretrained = pretraining.pretrain_or_reuse(config, data, progress) if config.pretrain_clips else None
+    records = [train_member(config, k, splits["train"], splits["val"], progress, pretrained)
+               for k in range(config.members)]
     atomic_write_json(stage_dir(config.profile) / "members.json",
                       {"members": [r["folder"] for r in records], "params": config.to_params()})
     table = pd.DataFrame([{"member": k, "seed": r["run"]["seed"], "best_epoch": r["best_epoch"],
@@ -40,16 +42,22 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True)
     return table
 
 
-def train_member(config: Stage1Config, member: int, train, val, progress: bool = True) -> dict:
+def train_member(config: Stage1Config, member: int, train, val, progress: bool = True,
+                 pretrained: dict | None = None) -> dict:
+    """``pretrained``: the record of ``pretraining.pretrain_or_reuse``, whose weights start the PaSST."""
     params = {**config.to_params(), "seed": config.seed + member}
     # the data are part of the run's identity: a regenerated data set must not reuse old members
     run = {**params, "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
+    if pretrained is not None:  # and so are the pretrained weights it starts from
+        run["pretrained_audio_sha256"] = pretrained["checkpoint_sha256"]
 
     def fit_run() -> dict:
         pl.seed_everything(params["seed"], workers=True, verbose=False)
         member_config = Stage1Config.from_params(params)
         train_set, train_loader, val_loader = make_loaders(member_config, train, val)
         module = RetrievalModule(params, steps_per_epoch=len(train_loader), run=run)
+        if pretrained is not None:
+            pretraining.load_pretrained(module.model.audio_encoder.passt, config.profile, pretrained)
         module.val_captions = val.captions
         return fit(module, member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
 

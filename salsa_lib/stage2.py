@@ -7,6 +7,7 @@ teacher network runs during training.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,77 +17,147 @@ import torch
 from salsa_lib import correspondences, paths, reports, stage1
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
 from salsa_lib.data import split_fingerprint
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
 from salsa_lib.training import RetrievalModule, checkpoint_hparams, fit, make_loaders, train_or_reuse
 
 
 class DistillationModule(RetrievalModule):
-    """The stage-1 module with L = sup_weight * L_sup + distill_weight * L_dist."""
+    """The stage-1 module with L = sup_weight * L_sup + distill_weight * L_dist.
 
-    def __init__(self, params: dict, steps_per_epoch: int, run: dict, teacher_audio: torch.Tensor,
-                 teacher_captions: torch.Tensor, sup_weight: float, distill_weight: float):
+    The teacher logits of a batch come either from the teachers' stored embeddings (C_bar / tau) or,
+    with ``truth``, from the known correspondence matrix (``correspondences.truth_logits``).
+    """
+
+    def __init__(self, params: dict, steps_per_epoch: int, run: dict, teacher_audio: torch.Tensor | None,
+                 teacher_captions: torch.Tensor | None, sup_weight: float, distill_weight: float,
+                 truth: torch.Tensor | None = None):
         super().__init__(params, steps_per_epoch, run)
         # not persistent: checkpoints hold the student only; the run record names the teachers
         self.register_buffer("teacher_audio", teacher_audio, persistent=False)
         self.register_buffer("teacher_captions", teacher_captions, persistent=False)
+        self.register_buffer("truth", truth, persistent=False)
         self.sup_weight, self.distill_weight = sup_weight, distill_weight
 
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        tau = float(self.model.tau)
+        if self.truth is not None:
+            return correspondences.truth_logits(self.truth, batch["audio_idx"], batch["idx"], tau)
+        return correspondences.ensemble_logits(self.teacher_audio[:, batch["audio_idx"]],
+                                               self.teacher_captions[:, batch["idx"]], tau)
+
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        teacher = correspondences.ensemble_logits(self.teacher_audio[:, batch["audio_idx"]],
-                                                  self.teacher_captions[:, batch["idx"]], float(self.model.tau))
-        loss = self.distill_weight * distillation_loss(logits, teacher)
+        loss = self.distill_weight * distillation_loss(logits, self.teacher_logits(batch))
         if self.sup_weight:  # applied once (the original squared it, spec 12 item 1)
             loss = loss + self.sup_weight * contrastive_loss(logits, batch["audio_idx"])
         return loss
 
 
-def run_dir(config: Stage2Config) -> Path:
-    """One folder per teacher set, initial member and loss weights (so a control run keeps its own)."""
-    name = f"{config.teachers}_from_member{config.init_member}"
-    if (config.sup_weight, config.distill_weight) != (0.0, 1.0):
-        name += f"_sup{config.sup_weight:g}_dist{config.distill_weight:g}"
-    return paths.results_dir(config.profile) / "stage2" / name
+@dataclass(frozen=True)
+class StudentRun:
+    """One stage-2 training run: what teaches it, which member it starts from, its seed and loss weights."""
+
+    teachers: str
+    init_member: int
+    seed: int
+    sup_weight: float
+    distill_weight: float
 
 
-def teacher_names(config: Stage2Config) -> list[str] | None:
-    return [f"member{config.init_member}"] if config.teachers == "self" else None  # None: all listed members
+def planned_runs(config: Stage2Config) -> list[StudentRun]:
+    """Every teacher kind for students 0..students-1; student k starts from member k with seed + k.
+
+    The same (init member, seed) across kinds makes the seeds paired: a kind and the control differ
+    only in their loss. The control trains with L_sup alone, for the same epochs.
+    """
+    return [StudentRun(kind, k, config.seed + k, *((1.0, 0.0) if kind == "control" else
+                                                     (config.sup_weight, config.distill_weight)))
+            for kind in config.teacher_kinds for k in range(config.students)]
 
 
-def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> dict:
-    """Train (or reuse) the stage-2 model of ``config``; returns its run record."""
+def run_dir(profile: str, run: StudentRun) -> Path:
+    """One folder per teacher kind, initial member and (non-default) loss weights."""
+    name = f"{run.teachers}_from_member{run.init_member}"
+    if run.teachers != "control" and (run.sup_weight, run.distill_weight) != (0.0, 1.0):
+        name += f"_sup{run.sup_weight:g}_dist{run.distill_weight:g}"
+    return paths.results_dir(profile) / "stage2" / name
+
+
+def teacher_names(run: StudentRun) -> list[str] | None:
+    """Stage-1 members whose embeddings teach ``run``: all listed (None), the initial one, or none."""
+    return {"ensemble": None, "self": [f"member{run.init_member}"]}.get(run.teachers, [])
+
+
+def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> list[dict]:
+    """Train (or reuse) every planned stage-2 run of ``config``; returns their run records."""
     from salsa_lib import datasets
 
+    listed = correspondences.member_folders(config.profile)
+    if config.students > len(listed):
+        raise ConfigError(f"students={config.students}, but stage 1 trained {len(listed)} members: student k "
+                          f"starts from member k, so train more members or ask for fewer students")
     splits = datasets.load_splits(data, splits=("train", "val"), progress=progress)
-    train_split, val_split = splits["train"], splits["val"]
-    init_folder = stage1.member_dir(config.profile, config.init_member)
+    truth = None
+    if "truth" in config.teacher_kinds:
+        truth = _train_truth(data, splits["train"])
+    return [train_student(config, run, splits["train"], splits["val"], truth, progress)
+            for run in planned_runs(config)]
+
+
+def _train_truth(data: DataConfig, train_split) -> tuple[torch.Tensor, str]:  # (matrix, file hash)
+    from salsa_lib import datasets, synth
+
+    if data.dataset != "synthetic":
+        raise ConfigError(f"teachers=truth needs the synthetic data set (its true correspondences are known); "
+                          f"this profile uses {data.dataset!r}: leave truth out of teachers")
+    root = datasets.locate(data).root
+    truth = synth.load_truth(root, datasets.SPLITS["train"])
+    if truth.shape != (train_split.n_clips, train_split.n_captions):
+        raise DataError(f"the truth matrix {truth.shape} does not fit the training split "
+                        f"({train_split.n_clips} clips, {train_split.n_captions} captions); were clips skipped?")
+    return torch.from_numpy(truth.toarray()), file_digest(root / f"synthetic_truth_{datasets.SPLITS['train']}.npz")
+
+
+def train_student(config: Stage2Config, run: StudentRun, train_split, val_split, truth=None,
+                  progress: bool = True) -> dict:
+    """Train (or reuse) one stage-2 run; ``truth``: (matrix, file hash) when ``run.teachers == 'truth'``."""
+    init_folder = stage1.member_dir(config.profile, run.init_member)
     correspondences.member_folders(config.profile, [init_folder.name])  # exists and is listed
-    teachers = correspondences.member_folders(config.profile, teacher_names(config))
+    names = teacher_names(run)
+    teachers = correspondences.member_folders(config.profile, names) if names != [] else []
     payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split,
                                                 f / "checkpoints" / "best.ckpt") for f in teachers]
     init_checkpoint = init_folder / "checkpoints" / "best.ckpt"
     verified = {f.name: p["checkpoint_sha256"] for f, p in zip(teachers, payloads)}  # hashed by load_embeddings
-    run = {**config.to_params(), "teacher_members": [f.name for f in teachers],
-           "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
-           "init_checkpoint": verified.get(init_folder.name) or file_digest(init_checkpoint),
-           "data": {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split)}}
+    grid = {"teachers", "students", "seed", "sup_weight", "distill_weight"}
+    record = {**{k: v for k, v in config.to_params().items() if k not in grid}, **asdict(run),
+              "teacher_members": [f.name for f in teachers] or (["truth"] if run.teachers == "truth" else []),
+              "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
+              "init_checkpoint": verified.get(init_folder.name) or file_digest(init_checkpoint),
+              "data": {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split)}}
+    if run.teachers == "truth":
+        record["truth_sha256"] = truth[1]
 
     def fit_run() -> dict:
-        pl.seed_everything(config.seed, workers=True, verbose=False)
+        pl.seed_everything(run.seed, workers=True, verbose=False)
         member_params = checkpoint_hparams(init_checkpoint)["params"]
-        params = {**member_params, **{k: v for k, v in config.to_params().items() if k in Stage1Config.field_names()}}
-        student = Stage1Config.from_params(params)
-        train_set, train_loader, val_loader = make_loaders(student, train_split, val_split)
-        audio, captions = correspondences.stack_teachers(payloads)
-        module = DistillationModule(params, len(train_loader), run, audio, captions,
-                                    config.sup_weight, config.distill_weight)
+        training_fields = {k: v for k, v in config.to_params().items() if k in Stage1Config.field_names()}
+        params = {**member_params, **training_fields, "seed": run.seed}
+        train_set, train_loader, val_loader = make_loaders(Stage1Config.from_params(params), train_split, val_split)
+        if run.teachers == "control":
+            module = RetrievalModule(params, len(train_loader), record)
+        else:
+            audio, captions = correspondences.stack_teachers(payloads) if payloads else (None, None)
+            module = DistillationModule(params, len(train_loader), record, audio, captions, run.sup_weight,
+                                        run.distill_weight, truth[0] if run.teachers == "truth" else None)
         initial, _ = stage1.load_member(init_checkpoint)
         module.model.load_state_dict(initial.state_dict())  # strict: same architecture, tau included
         module.model.train()
         module.val_captions = val_split.captions
-        return fit(module, run_dir(config), train_set, train_loader, val_loader, progress)
+        return fit(module, run_dir(config.profile, run), train_set, train_loader, val_loader, progress)
 
-    return train_or_reuse(run_dir(config), run, fit_run)
+    return train_or_reuse(run_dir(config.profile, run), record, fit_run)
 
 
 def comparison_table(config: Stage2Config) -> pd.DataFrame:

@@ -195,6 +195,11 @@ def _attributes(source):
     return [*SOURCES[source][0].split(), "loudness", "position"]
 
 
+def attributes_of(source: str) -> list[str]:
+    """The attributes a source's events carry (its own, then loudness and position)."""
+    return _attributes(source)
+
+
 def _relation_holds(kind, on_a, off_a, on_b, off_b):
     """'before': a ends before b starts; 'while': they overlap. Works on scalars and arrays alike."""
     if kind == "before":
@@ -478,3 +483,45 @@ def truth_statistics(truth) -> dict:
             "fraction_matching_one": float(np.mean(per_caption == 1)),
             "mean_captions_per_clip": float(per_clip.mean()),
             "density": truth.nnz / max(truth.shape[0] * truth.shape[1], 1)}
+
+
+POOL_SPAWN_KEY = 1000  # the benchmark's splits use spawn keys 0-2 of the same seed: the streams never meet
+
+
+def tagging_pool(n_clips: int, clip_seconds: float, sample_rate: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Clips drawn like the benchmark's (same sources, attributes and mixing), without captions.
+
+    The stand-in for AudioSet in the tiny profile: the audio encoder is pretrained to tag these before
+    it sees a caption. Rendered directly at ``sample_rate`` from a seed stream the benchmark never
+    uses; ``pool_overlap`` checks that no clip repeats one of the benchmark's.
+    """
+    params = _parameters({"development": _integer("n_clips", n_clips, 1)}, clip_seconds, sample_rate, seed)
+    n = round(params["clip_seconds"] * sample_rate)
+    meta_seed, audio_seed = np.random.SeedSequence(seed, spawn_key=(POOL_SPAWN_KEY,)).spawn(2)
+    meta_rng, clips = np.random.default_rng(meta_seed), []
+    audio = np.empty((n_clips, n), dtype=np.float32)
+    for i, clip_seed in enumerate(audio_seed.spawn(n_clips)):
+        clip = {"snr_db": float(meta_rng.uniform(20, 35)), "peak": float(meta_rng.uniform(0.6, 0.9)),
+                "events": _sample_events(meta_rng, n)}
+        audio[i] = _render(np.random.default_rng(clip_seed), clip, n, sample_rate)
+        clips.append(clip)
+    return audio, clips
+
+
+def clip_signature(clip: dict, n_samples: int) -> str:
+    """What makes two clips the same regardless of sample rate: their events and where they lie."""
+    return json.dumps([[e["source"], e["attributes"], round(e["onset_sample"] / n_samples, 3),
+                        round(e["offset_sample"] / n_samples, 3), round(e["gain_db"], 1)] for e in clip["events"]],
+                      sort_keys=True)
+
+
+def pool_overlap(pool_clips: list[dict], pool_samples: int, root) -> list[tuple[int, str, str]]:
+    """(pool index, benchmark split, file name) of every pool clip that repeats a benchmark clip."""
+    pool = {clip_signature(c, pool_samples): i for i, c in enumerate(pool_clips)}
+    hits = []
+    for split in SPLITS:
+        record = json.loads((Path(root) / f"synthetic_events_{split}.json").read_text(encoding="utf-8"))
+        n = round(record["clip_seconds"] * record["sample_rate"])
+        hits += [(pool[sig], split, c["file_name"]) for c in record["clips"]
+                 if (sig := clip_signature(c, n)) in pool]
+    return hits

@@ -28,6 +28,7 @@ from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.quiet import silence_third_party_noise
+from salsa_lib.step_cache import StepCache
 
 LR_FIELDS = {"audio_encoder": "lr_audio_encoder", "text_encoder": "lr_text_encoder",
              "audio_projection": "lr_audio_projection", "text_projection": "lr_text_projection"}
@@ -61,13 +62,34 @@ class RetrievalModule(pl.LightningModule):
         self.model = build_dual_encoder(self.config).train()  # from_pretrained leaves dropout off
         self._val_audio, self._val_text, self._val_ids = [], [], []
         self.val_captions: list[list[str]] | None = None  # set by fit_member: captions per val clip
+        # set by ``fit``: what the per-run caches are built from (None: compute everything every step)
+        self.train_set, self.val_split, self.val_samples = None, None, 0
+        self._train_cache = self._val_cache = None
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return contrastive_loss(logits, batch["audio_idx"])
 
+    def on_train_start(self) -> None:
+        """Compute once what every step would recompute (see ``StepCache``); on the training device."""
+        if self.train_set is not None:
+            self._train_cache = StepCache.build(self.model, self.train_set.split, self.train_set.n_samples,
+                                                self.train_set.captions)
+            if self.val_split is not None:
+                self._val_cache = StepCache.build(self.model, self.val_split, self.val_samples,
+                                                  [c for clip in self.val_split.captions for c in clip])
+
+    def _embed(self, batch: dict, cache: "StepCache | None", caption_ids, captions) -> tuple:
+        power = cache.power_of(batch["audio_idx"], batch["audio"].device) if cache else None
+        audio = self.model.embed_audio(batch["audio"], batch["audio_length"], power=power)
+        if cache is not None and cache.text is not None:
+            text = self.model.project_text(self.model.text_encoder.forward_from_states(cache.text_of(caption_ids)))
+            text = torch.nn.functional.normalize(text, dim=-1)
+        else:
+            text = self.model.embed_text(captions)
+        return audio, text
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        audio = self.model.embed_audio(batch["audio"], batch["audio_length"])
-        text = self.model.embed_text(batch["caption"])
+        audio, text = self._embed(batch, self._train_cache, batch["idx"], batch["caption"])
         if self.trainer.world_size > 1:  # the in-batch loss needs the global batch on every rank
             audio, text, batch = _gather_global_batch(audio, text, batch)
         loss = self.loss(self.model.logits(audio, text), batch)
@@ -76,8 +98,10 @@ class RetrievalModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         captions = [c for i in batch["audio_idx"].tolist() for c in self.val_captions[i]]
-        self._val_audio.append(self.model.embed_audio(batch["audio"], batch["audio_length"]).float())
-        self._val_text.append(self.model.embed_text(captions).float())
+        caption_ids = [5 * i + k for i in batch["audio_idx"].tolist() for k in range(5)]
+        audio, text = self._embed(batch, self._val_cache, caption_ids, captions)
+        self._val_audio.append(audio.float())
+        self._val_text.append(text.float())
         self._val_ids.append(batch["audio_idx"])
 
     def on_validation_epoch_end(self) -> None:
@@ -205,6 +229,8 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
         logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )
+    module.train_set, module.val_split = train_set, val_loader.dataset.split
+    module.val_samples = val_loader.dataset.n_samples
     last = folder / "checkpoints" / "last.ckpt"
     resume = str(last) if config.resume and last.exists() else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)

@@ -96,3 +96,52 @@ def test_dual_encoder_unit_norm_and_fixed_tau(small_audio_encoder, minilm):
     assert torch.allclose(logits, (a @ c.T) * 20)
     assert "tau" in model.state_dict() and not any(p is model.tau for p in model.parameters())
     assert set(model.parameter_groups()) == {"audio_encoder", "text_encoder", "audio_projection", "text_projection"}
+
+
+def test_stored_power_gives_the_mel_front_end_of_hear21passt(small_audio_encoder):
+    """AudioEncoder.power + log_mel reproduce AugmentMelSTFT, the random fmin/fmax jitter included."""
+    torch.manual_seed(3)
+    audio = torch.randn(3, 32000) * 0.1
+    encoder = small_audio_encoder
+    power = encoder.power(audio)
+    assert power.shape == (3, 1, 513, 100)  # pre-emphasis drops a sample: 100 frames per second
+    for training in (False, True):
+        encoder.mel.train(training)
+        torch.manual_seed(7)
+        reference = encoder.mel(audio)
+        torch.manual_seed(7)  # the same draws of fmin and fmax
+        ours = encoder.log_mel(power.flatten(0, 1))
+        assert torch.allclose(ours, reference, atol=1e-4), training
+    encoder.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert torch.allclose(encoder(audio, torch.ones(3)), encoder(None, torch.ones(3), power=power), atol=1e-6)
+
+
+def test_dynamic_padding_and_stored_frozen_states_change_no_embedding(minilm):
+    captions = ["A dog barks.", "A loud siren wails slowly at first while rain falls in the background."]
+    with torch.no_grad():
+        tokens = minilm.tokenizer([c.lower().replace(".", "") for c in captions], padding="max_length",
+                                  truncation=True, max_length=32, return_tensors="pt")
+        padded = minilm.model(**tokens).last_hidden_state[:, 0]
+        ours = minilm(captions)
+        states = minilm.frozen_states(captions)
+        assert [len(s) for s in states] == minilm.tokenize(captions)["attention_mask"].sum(1).tolist()
+        from_states = minilm.forward_from_states(states[::-1])  # any batch order and padding
+    assert minilm.n_frozen == 4 and minilm.bottom_frozen
+    assert torch.allclose(ours, padded, atol=1e-5)
+    assert torch.allclose(from_states, ours.flip(0), atol=1e-5)
+
+
+def test_step_cache_stores_the_padded_clips_spectrograms(tiny_home):
+    from salsa_lib import datasets
+    from salsa_lib.step_cache import spectrograms
+
+    split = datasets.load_splits(datasets.load_data_config("test"), ("val",), progress=False)["val"]
+    encoder = AudioEncoder(build_passt("passt_small", 1.0, width=32, depth=1, heads=2), 1.0)
+    power = spectrograms(encoder, split, 40000)  # 1.25 s: every clip is padded
+    waves = torch.zeros(split.n_clips, 40000)
+    for i in range(split.n_clips):
+        waves[i, :len(split.audio[i])] = torch.from_numpy(split.audio[i])
+    assert torch.allclose(power, encoder.power(waves))
+    assert spectrograms(encoder, split, 16000) is None  # shorter than the clips: random crops, nothing to store

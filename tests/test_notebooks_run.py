@@ -34,12 +34,17 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(members.seed) == [409194, 409195]
     assert members["mAP@10"].between(0, 1).all()
     quality = pd.read_csv(results / "tables" / "correspondence_quality.csv")
-    assert list(quality.estimate) == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
+    assert list(quality.estimate)[:4] == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
+    assert quality.iloc[4].estimate.startswith("truth") and quality.iloc[4].AP == 1.0
     comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
-    assert list(comparison.stage) == [1, 1, 2]
+    assert list(comparison.stage) == [1, 1, 2, 2, 2]
     evaluated = pd.read_csv(results / "metrics.csv")
-    assert list(evaluated.model) == [m for m in ("member0", "member1", "ensemble_from_member0") for _ in "bl"]
-    assert list(evaluated.weights) == ["best", "last"] * 3
+    models = ["member0", "member1", "control_from_member0", "ensemble_from_member0", "truth_from_member0"]
+    assert list(evaluated.model) == [m for m in models for _ in "bl"]
+    assert list(evaluated.weights) == ["best", "last"] * len(models)
+    assert list(pd.read_csv(results / "tables" / "01_pretraining_tagging.csv").metric)[0] == "tag mAP"
+    verdict = pd.read_csv(results / "tables" / "verdict.csv")
+    assert list(verdict.system) == ["chance", "i = j (stage 1)", "control", "ensemble", "truth", "oracle ranking"]
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
     assert (results / "tables" / "04_example_queries.csv").exists()
     demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")
@@ -47,7 +52,7 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
                    "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
                    "02_estimate_quality", "02_example_correspondences", "03_stage2_curves",
-                   "04_stage1_vs_stage2", "04_rank_histogram"):
+                   "04_stage1_vs_stage2", "04_rank_histogram", "04_verdict"):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
 
     assert runner.main(argv) == 0  # everything current: nothing reruns

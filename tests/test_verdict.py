@@ -1,0 +1,77 @@
+"""The verdict table: oracle ceiling against enumeration, paired differences computed from files."""
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from salsa_lib import metrics, verdict
+
+
+def test_oracle_map_matches_an_enumeration_of_the_oracle_orders():
+    truth = np.zeros((4, 8), dtype=bool)  # 4 clips, captions 2c and 2c + 1 belong to clip c
+    truth[np.arange(8) // 2, np.arange(8)] = True
+    truth[1, 0] = truth[2, 0] = True  # caption 0 truly describes clips 0, 1, 2
+    truth[3, 5] = True  # caption 5 truly describes clips 2 and 3
+    expected = []
+    for caption in range(8):
+        relevant = np.flatnonzero(truth[:, caption])
+        rr = [1 / (order.index(caption // 2) + 1) for order in map(list, itertools.permutations(relevant))]
+        expected.append(np.mean(rr))  # every order of the true clips is equally likely
+    assert verdict.oracle_map_at_k(sp.csr_matrix(truth)) == pytest.approx(np.mean(expected))
+    # truncation at k: with 12 true clips the own one beyond rank 3 scores 0
+    many = np.ones((12, 1), dtype=bool)
+    assert verdict.oracle_map_at_k(many, k=3) == pytest.approx(sum(1 / r for r in (1, 2, 3)) / 12)
+
+
+def _write_results(folder, rows, kinds):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    for model, (kind, student) in kinds.items():
+        (folder / "stage2" / model).mkdir(parents=True)
+        (folder / "stage2" / model / "run.json").write_text(json.dumps({"run": {"teachers": kind, "init_member": student}}))
+
+
+def test_paired_table_from_files(tmp_path):
+    rows = [{"stage": 1, "model": f"member{k}", "mAP@10": v, "multi mAP@10": v + 0.1}
+            for k, v in enumerate((0.30, 0.20, 0.25))]
+    kinds, values = {}, {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    for kind, per_student in values.items():
+        for k, v in enumerate(per_student):
+            rows.append({"stage": 2, "model": f"{kind}_from_member{k}", "mAP@10": v, "multi mAP@10": 2 * v})
+            kinds[f"{kind}_from_member{k}"] = (kind, k)
+    rows = [{**row, "weights": "best"} for row in rows]
+    rows += [{**row, "weights": "last", "mAP@10": 0.99} for row in rows]  # the last-epoch rows are not paired
+    _write_results(tmp_path / "results", rows[::-1], kinds)  # file order must not matter
+    (tmp_path / "results" / "tables").mkdir()
+    pd.DataFrame({"estimate": ["i = j (stage-1 assumption)", "member0", "member1", "member2", "ensemble"],
+                  "ROC-AUC": [0.6, 0.8, 0.7, 0.9, 0.95], "AP": [0.2, 0.4, 0.3, 0.5, 0.6]}).to_csv(
+        tmp_path / "results" / "tables" / "correspondence_quality.csv", index=False)
+    truth = sp.csr_matrix(np.repeat(np.eye(5, dtype=bool), 5, axis=1))  # test split: 5 clips, only own captions
+    table = verdict.verdict_from_files(tmp_path / "results", truth).set_index("system")
+
+    assert list(table.index) == ["chance", "i = j (stage 1)", "control", "ensemble", "oracle ranking"]
+    assert table.loc["chance", "mAP@10 mean"] == pytest.approx(metrics.chance_map_at_k(5))
+    assert table.loc["oracle ranking", "mAP@10 mean"] == pytest.approx(1.0)  # one true clip per caption
+    diff = np.subtract(values["ensemble"], values["control"])
+    assert table.loc["ensemble", "mAP@10 mean"] == pytest.approx(np.mean(values["ensemble"]))
+    assert table.loc["ensemble", "mAP@10 std"] == pytest.approx(np.std(values["ensemble"], ddof=1))
+    assert table.loc["ensemble", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())
+    assert table.loc["ensemble", "mAP@10 Δ control std"] == pytest.approx(diff.std(ddof=1))
+    assert table.loc["ensemble", "mAP@10 Δ control wins"] == "2/3"
+    assert table.loc["ensemble", "multi mAP@10 Δ control mean"] == pytest.approx(2 * diff.mean())
+    assert table.loc["i = j (stage 1)", "seeds"] == 3 and pd.isna(table.loc["control", "mAP@10 Δ control mean"])
+    assert table.loc["ensemble", "estimate AP"] == 0.6
+    assert table.loc["i = j (stage 1)", "estimate ROC-AUC"] == 0.6
+    assert pd.isna(table.loc["control", "estimate AP"])
+
+
+def test_a_kind_is_paired_only_with_the_control_of_the_same_student():
+    seeds = pd.DataFrame({"kind": ["control", "control", "truth"], "student": [0, 1, 1], "model": ["a", "b", "c"],
+                          "mAP@10": [0.1, 0.5, 0.6], "multi mAP@10": [0.1, 0.5, 0.6]})
+    table = verdict.paired_table(seeds, {}, {}).set_index("system")
+    assert table.loc["truth", "mAP@10 Δ control mean"] == pytest.approx(0.1)  # 0.6 - 0.5, not - 0.1
+    assert table.loc["truth", "mAP@10 Δ control wins"] == "1/1"
