@@ -40,12 +40,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["SALSA_HOME"] = scratch
-        from salsa_lib import datasets
+        from salsa_lib import data_sources
 
         config = DataConfig()
-        generate_s = _timed(lambda: datasets.fetch(config, progress=False))
-        cache_s = _timed(lambda: datasets.load_splits(config, splits=("train",), progress=False))
-        train = datasets.load_splits(config, splits=("train",), progress=False)["train"]
+        generate_s = _timed(lambda: data_sources.fetch(config, progress=False))
+        cache_s = _timed(lambda: data_sources.load_splits(config, splits=("train",), progress=False))
+        train = data_sources.load_splits(config, splits=("train",), progress=False)["train"]
         n = min(args.clips, train.n_clips)
         sources = [Path(train.root) / train.split / name for name in train.file_names[:n]]
         length = int(config.clip_seconds * config.sample_rate)

@@ -130,7 +130,7 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
     stored once per run (``salsa_lib.step_cache``), so a step computes only the jittered mel filterbank,
     the top text layers, on captions padded to the longest of the batch. PaSST is the same in both.
     """
-    from salsa_lib.data import preprocess_caption
+    from salsa_lib.splits import preprocess_caption
     from salsa_lib.losses import contrastive_loss
 
     audio_encoder, text_encoder = model.audio_encoder, model.text_encoder

@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     home = args.keep or Path(tempfile.mkdtemp(prefix="salsa_bench_pipeline_"))
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SALSA_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    env.pop("SALSA_FORCE", None)
     log_path = home / "bench_pipeline.log"
     command = ["bash", str(paths.REPO_ROOT / "run_all.sh"), "--profile", args.profile, "--force", "--quiet"]
     command += [x for k, v in overrides.items() for x in ("-p", k, v)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
 
 
@@ -58,3 +58,11 @@ def load_member(checkpoint: str | Path):
         raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
                           f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
     return model.eval(), config
+
+
+def saved_config(checkpoint: str | Path) -> Stage1Config:
+    """The parameters a checkpoint of this project was trained with (its weights are not read)."""
+    try:
+        return Stage1Config.from_params(_safe_load(Path(checkpoint))["hyper_parameters"]["params"])
+    except (OSError, RuntimeError, KeyError, TypeError) as err:
+        raise DataError(f"{checkpoint}: no readable training parameters ({type(err).__name__}: {err})") from err

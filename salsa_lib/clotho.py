@@ -24,8 +24,9 @@ import requests
 
 from salsa_lib.errors import ConfigError, DataError, DownloadError
 from salsa_lib.files import atomic_write_json
+from salsa_lib.splits import SPLIT_FOLDERS
 
-CLOTHO_SPLITS = ("development", "validation", "evaluation")
+CLOTHO_SPLITS = tuple(SPLIT_FOLDERS.values())
 CLOTHO_URL = "https://zenodo.org/record/4783391/files/{file}?download=1"
 CLOTHO_FILES = {
     "clotho_audio_development.7z": "c8b05bc7acdb13895bb3c6a29608667e",

@@ -129,6 +129,12 @@ class DataConfig(StageConfig):
 
 
 DATASETS = {"synthetic", "clotho", "custom", "fake-clotho"}
+ACCELERATORS = ("auto", "cpu", "gpu")  # Lightning's names, for training and forward passes alike
+
+
+def _check_accelerator(value: str) -> None:
+    if value not in ACCELERATORS:
+        raise ConfigError(f"accelerator={value!r}; choose one of {', '.join(ACCELERATORS)}")
 
 
 @dataclass(frozen=True)
@@ -228,18 +234,17 @@ class CorrespondenceConfig(StageConfig):
     """Notebook 02: embed the training split with every stage-1 member, estimate correspondences (spec 7.1-7.2)."""
 
     profile: str = "tiny"
-    batch_size: int = 32  # clips or captions per forward pass while embedding
-    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    embed_batch_size: int = 32  # clips or captions per forward pass while embedding (no training batch)
+    accelerator: str = "auto"  # as in training: auto (a GPU when there is one), cpu or gpu
     block_size: int = 2048  # captions per block of the full-split estimate (bounds memory)
     n_example_queries: int = 3  # captions whose estimated correspondences are plotted
-    top_n: int = 50  # clips shown per example query (the paper's figure shows 50)
+    top_k: int = 50  # clips shown per example query (the paper's figure shows 50)
 
     def validate(self) -> None:
-        for name in ("batch_size", "block_size", "n_example_queries", "top_n"):
+        for name in ("embed_batch_size", "block_size", "n_example_queries", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}; choose auto, cpu or cuda")
+        _check_accelerator(self.accelerator)
 
 
 @dataclass(frozen=True)
@@ -280,8 +285,8 @@ class EvaluationConfig(StageConfig):
 
     profile: str = "tiny"
     split: str = "test"  # test (ClothoV2 evaluation) or val
-    batch_size: int = 32  # clips or captions per forward pass
-    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    embed_batch_size: int = 32  # clips or captions per forward pass (no training batch)
+    accelerator: str = "auto"  # as in training: auto (a GPU when there is one), cpu or gpu
     n_example_queries: int = 4  # queries shown with their top results
     top_k: int = 5  # results shown per example query
     released_checkpoint: str = ""  # path of the released passt_roberta.ckpt under the project root; empty: skip
@@ -290,9 +295,8 @@ class EvaluationConfig(StageConfig):
     def validate(self) -> None:
         if self.split not in ("test", "val"):
             raise ConfigError(f"split={self.split!r}; choose test or val")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}; choose auto, cpu or cuda")
-        for name in ("batch_size", "n_example_queries", "top_k"):
+        _check_accelerator(self.accelerator)
+        for name in ("embed_batch_size", "n_example_queries", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -322,6 +326,10 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
 }
 # notebook file stem prefix -> the stage (a key of STAGE_CONFIGS) holding that notebook's config
 NOTEBOOK_STAGES = {"00": "data", "01": "stage1", "02": "correspondences", "03": "stage2", "04": "evaluation", "05": "demo"}
+# Stages that reuse cached results: their notebooks take a ``force`` parameter besides the config's
+# fields, which ``run_all.sh --force`` sets to recompute instead of reuse. Not a config field: it says
+# how to run, not what to compute, so it belongs to no run's identity (records, step keys).
+FORCE_STAGES = ("stage1", "correspondences", "stage2")
 
 
 @dataclass(frozen=True)
@@ -382,11 +390,11 @@ _CLOTHO = Profile.build(
         pretrained_audio=True, pretrain_clips=0, text_encoder="roberta-large", text_trainable_layers=-1,
         train_seconds=30.0, eval_seconds=30.0, window_seconds=10.0,
     ),
-    correspondences=dict(batch_size=64, device="cuda"),
+    correspondences=dict(embed_batch_size=64, accelerator="gpu"),
     stage2=dict(  # self-distillation, L_dist only, seed 523528930
         PAPER_TRAINING, teachers="self", students=1, sup_weight=0.0, distill_weight=1.0, seed=523528930,
     ),
-    evaluation=dict(batch_size=64, device="cuda", released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
+    evaluation=dict(embed_batch_size=64, accelerator="gpu", released_checkpoint="data/checkpoints/passt_roberta.ckpt"),
 )
 
 # The paper profile's code path and architectures on a CPU, offline, in minutes. What differs, and why:
@@ -405,9 +413,9 @@ DRYRUN_HARDWARE = {"batch_size": 2, "eval_batch_size": 2, "precision": "bf16-mix
 DRYRUN_CHANGES = {
     "data": DRYRUN_DATA,
     "stage1": {**DRYRUN_MODEL, **DRYRUN_HARDWARE},
-    "correspondences": {"batch_size": 2, "device": "cpu"},
+    "correspondences": {"embed_batch_size": 2, "accelerator": "cpu"},
     "stage2": {"epochs": 1, **DRYRUN_HARDWARE},
-    "evaluation": {"batch_size": 2, "device": "cpu"},
+    "evaluation": {"embed_batch_size": 2, "accelerator": "cpu"},
 }
 
 # tiny stage 2: one extra epoch per student keeps the 3 x 3 grid (students x teachers) in budget; the
@@ -440,7 +448,7 @@ MINIATURE_OVERRIDES: dict[str, object] = {
     "members": 2, "passt_width": 64, "passt_depth": 1, "passt_heads": 2, "text_trainable_layers": 1,
     "embed_dim": 32, "train_seconds": 1.0, "eval_seconds": 1.0, "window_seconds": 1.0,
     **{f"{stage}.{name}": value for stage in ("stage1", "stage2") for name, value in _MINIATURE_TRAINING.items()},
-    "correspondences.batch_size": 10, "evaluation.batch_size": 10,
+    "correspondences.embed_batch_size": 10, "evaluation.embed_batch_size": 10,
     "pretrain_clips": 12, "pretrain_epochs": 1, "stage2.students": 1,  # every teacher kind, one student each
 }
 

@@ -11,30 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from salsa_lib.data import ClipDataset, ClothoSplit, split_fingerprint
+from salsa_lib import runs
+from salsa_lib.checkpoints import load_member, saved_config
+from salsa_lib.embedding import embed_split
+from salsa_lib.splits import CAPTIONS_PER_CLIP, ClothoSplit, caption_clips, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, file_digest
-from salsa_lib.step_cache import frozen_text_states
-
-
-@torch.no_grad()
-def embed_split(model, split: ClothoSplit, seconds: float, batch_size: int = 32, device: str = "cpu") -> dict:
-    """L2-normalised audio (n_clips, D) and caption (5 n_clips, D) embeddings, in eval mode."""
-    model = model.eval().to(device)
-    audio = [model.embed_audio(b["audio"].to(device), b["audio_length"].to(device)).float().cpu()
-             for b in DataLoader(ClipDataset(split, seconds), batch_size=batch_size)]
-    captions = [c for clip in split.captions for c in clip]
-    if model.text_encoder.bottom_frozen:  # members share the frozen bottom: computed once per process
-        states = frozen_text_states(model.text_encoder, captions)
-        text = [F.normalize(model.project_text(model.text_encoder.forward_from_states(states[i:i + batch_size])),
-                            dim=-1).float().cpu() for i in range(0, len(captions), batch_size)]
-    else:
-        text = [model.embed_text(captions[i:i + batch_size]).float().cpu() for i in range(0, len(captions), batch_size)]
-    return {"audio": torch.cat(audio), "captions": torch.cat(text)}
 
 
 def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint: Path, member: str,
@@ -59,9 +45,9 @@ def load_embeddings(path: Path, split: ClothoSplit, checkpoint: Path | None = No
         raise DataError(f"teacher embeddings {path} (member {payload['member']}) come from another checkpoint "
                         f"than {checkpoint} (was the member retrained?); rerun notebook 02")
     n = split.n_clips
-    if payload["audio"].shape[0] != n or payload["captions"].shape[0] != 5 * n:
+    if payload["audio"].shape[0] != n or payload["captions"].shape[0] != CAPTIONS_PER_CLIP * n:
         raise DataError(f"teacher embeddings {path}: {payload['audio'].shape[0]} clips / "
-                        f"{payload['captions'].shape[0]} captions, the split has {n} / {5 * n}")
+                        f"{payload['captions'].shape[0]} captions, the split has {n} / {CAPTIONS_PER_CLIP * n}")
     return payload
 
 
@@ -116,51 +102,27 @@ def embeddings_path(member_folder: Path, split: str = "train") -> Path:
     return member_folder / f"embeddings_{split}.pt"
 
 
-def embed_members(profile: str, split: ClothoSplit, batch_size: int = 32, device: str = "cpu") -> list[Path]:
-    """Cache-or-compute each stage-1 member's embeddings of ``split`` with its best checkpoint."""
-    from salsa_lib import paths, stage1
-
+def embed_members(profile: str, split: ClothoSplit, batch_size: int = 32, device: str = "cpu",
+                  force: bool = False) -> list[Path]:
+    """Cache-or-compute (``force``: compute) each stage-1 member's embeddings of ``split`` with its best checkpoint."""
     done, fingerprint = [], split_fingerprint(split)
-    for folder in member_folders(profile):
-        checkpoint = folder / "checkpoints" / "best.ckpt"
+    for folder in runs.member_folders(profile):
+        checkpoint = runs.checkpoint(folder)
         path, digest = embeddings_path(folder, "train"), file_digest(checkpoint)  # hashed once (GBs for the paper)
-        if path.exists() and not paths.force_recompute():
+        if path.exists() and not force:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             if stored["fingerprint"] == fingerprint and stored["checkpoint_sha256"] == digest:
                 done.append(path)
                 continue
-        model, config = stage1.load_member(checkpoint)
+        model, config = load_member(checkpoint)
         embeddings = embed_split(model, split, config.eval_seconds, batch_size, device)
         save_embeddings(path, embeddings, split, checkpoint, folder.name, checkpoint_sha256=digest)
         done.append(path)
     return done
 
 
-def member_folders(profile: str, names: list[str] | None = None) -> list[Path]:
-    """The stage-1 members listed in stage1/members.json (or ``names`` of them); a missing one is an error."""
-    import json
-
-    from salsa_lib import stage1
-
-    listing = stage1.stage_dir(profile) / "members.json"
-    if not listing.exists():
-        raise ConfigError(f"{listing} is missing: train stage 1 first (notebook 01)")
-    listed = json.loads(listing.read_text())["members"]
-    chosen = listed if names is None else names
-    if not chosen:
-        raise ConfigError("the teacher list is empty: name at least one stage-1 member")
-    folders = [stage1.stage_dir(profile) / name for name in chosen]
-    missing = [f.name for f in folders if f.name not in listed or not (f / "checkpoints" / "best.ckpt").exists()]
-    if missing:
-        raise ConfigError(f"stage-1 member(s) {missing} not found under {stage1.stage_dir(profile)} "
-                          f"(trained members: {listed})")
-    return folders
-
-
 def estimate_quality(similarity: np.ndarray, truth) -> dict:
     """How well scores recover the true correspondences: ROC-AUC and average precision over all pairs."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     labels = np.asarray(truth.todense()).ravel().astype(bool)
     scores = np.asarray(similarity, dtype=np.float64).ravel()
     return {"ROC-AUC": float(roc_auc_score(labels, scores)), "AP": float(average_precision_score(labels, scores))}
@@ -168,6 +130,25 @@ def estimate_quality(similarity: np.ndarray, truth) -> dict:
 
 def identity_estimate(n_clips: int) -> np.ndarray:
     """The stage-1 assumption as an estimate: caption j describes clip j // 5 and nothing else."""
-    estimate = np.zeros((n_clips, 5 * n_clips), dtype=np.float32)
-    estimate[np.repeat(np.arange(n_clips), 5), np.arange(5 * n_clips)] = 1.0
+    owners = caption_clips(n_clips)
+    estimate = np.zeros((n_clips, len(owners)), dtype=np.float32)
+    estimate[owners, np.arange(len(owners))] = 1.0
     return estimate
+
+
+def teachers_tau(profile: str) -> float:
+    """The fixed temperature the stage-1 members were trained with, read from their checkpoints.
+
+    The estimate softens the ensemble's cosines with the members' own tau (spec 7.2); members trained
+    with different values have no common one, so that is refused.
+    """
+    taus = {folder.name: saved_config(runs.checkpoint(folder)).tau for folder in runs.member_folders(profile)}
+    if len(set(taus.values())) != 1:
+        raise ConfigError(f"the stage-1 members were trained with different tau {taus}: no common temperature "
+                          "to soften their ensemble with; retrain them with one value")
+    return next(iter(taus.values()))
+
+
+def quality_table(estimates: dict[str, np.ndarray], truth) -> pd.DataFrame:
+    """ROC-AUC and AP of each named estimate against the true correspondences, one row each, in order."""
+    return pd.DataFrame([{"estimate": name, **estimate_quality(scores, truth)} for name, scores in estimates.items()])

@@ -16,25 +16,23 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from salsa_lib import datasets, retrieval, sounds
+from salsa_lib import data_sources, retrieval, runs, sounds
+from salsa_lib.plots import plot_log_mel
 from salsa_lib.checkpoints import load_member
 from salsa_lib.errors import ConfigError
+from salsa_lib.splits import CAPTION_COLUMNS, preprocess_caption, read_captions_csv
 
 
 def available_models(profile: str) -> dict[str, Path]:
     """Best checkpoints of the profile's trained models, stage 2 first (the demo's default)."""
-    from salsa_lib.evaluation import models_to_evaluate
-
-    entries = sorted(models_to_evaluate(profile), key=lambda entry: -entry["stage"])
+    entries = sorted(runs.trained_models(profile), key=lambda entry: -entry["stage"])
     return {f"stage {e['stage']}: {e['model']}": Path(e["checkpoint"]) for e in entries}
 
 
 def caption_owners(root: Path, split: str) -> dict[str, str]:
     """Caption text (as typed, case and punctuation ignored) -> the file it was written for."""
-    from salsa_lib.data import preprocess_caption, read_captions_csv
-
     frame = read_captions_csv(Path(root) / f"clotho_captions_{split}.csv")
-    return {preprocess_caption(row[f"caption_{k}"]): row["file_name"] for _, row in frame.iterrows() for k in range(1, 6)}
+    return {preprocess_caption(row[column]): row["file_name"] for _, row in frame.iterrows() for column in CAPTION_COLUMNS}
 
 
 class QueryDemo:
@@ -59,8 +57,6 @@ class QueryDemo:
 
     def query(self, text: str, model_name: str, collection: str) -> tuple[pd.DataFrame, list[str]]:
         """Ranked results as a table (rank, file, span, score, how it compares, ✓/✗ for a known caption) and notes."""
-        from salsa_lib.data import preprocess_caption
-
         model, model_id = self._model(model_name)
         index = self._index(model_name, collection)
         if model_id != index.model_id:
@@ -94,12 +90,10 @@ def span_wav(path: str | Path, start: float, end: float) -> bytes:
 
 def spectrogram_png(path: str | Path, start: float = 0.0, end: float | None = None, width: float = 3.0) -> bytes:
     """A small log-mel picture around [start, end] with the span shaded, as PNG bytes for an ipywidgets Image."""
-    import matplotlib
+    import matplotlib  # lazy: the search path (no pictures) stays free of matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from salsa_lib.reports import plot_log_mel
 
     end = start + 10.0 if end is None else end
     context = max(2.0, end - start)  # one span of context either side
@@ -118,7 +112,7 @@ def spectrogram_png(path: str | Path, start: float = 0.0, end: float | None = No
 
 def build_app(demo: QueryDemo):
     """The widget: text box (Enter or button), model and collection choice, result rows with players."""
-    import ipywidgets as w
+    import ipywidgets as w  # lazy: only the interactive app needs it, not the headless example queries
 
     query = w.Text(placeholder="describe a sound, e.g. a siren wails while rain falls", layout=w.Layout(width="60%"))
     button = w.Button(description="Search", button_style="primary")
@@ -162,9 +156,9 @@ def _result_row(w, row):
 
 def default_collections(profile: str, audio_dir: str = "") -> dict[str, tuple[Path, dict[str, str]]]:
     """The test split of the profile's data set, and optionally any folder."""
-    data = datasets.load_data_config(profile)
-    root = datasets.locate(data).root
-    collections = {"test split": (root / datasets.SPLITS["test"], caption_owners(root, datasets.SPLITS["test"]))}
+    data = data_sources.load_data_config(profile)
+    root = data_sources.locate(data).root
+    collections = {"test split": (root / data_sources.SPLITS["test"], caption_owners(root, data_sources.SPLITS["test"]))}
     if audio_dir:
         collections[f"folder: {audio_dir}"] = (Path(audio_dir).expanduser().resolve(), {})
     return collections
@@ -174,11 +168,9 @@ def example_queries(profile: str, n: int, given: str = "") -> list[str]:
     """Given queries (';'-separated) or the first caption of the first n test clips."""
     if given:
         return [q.strip() for q in given.split(";") if q.strip()]
-    data = datasets.load_data_config(profile)
-    root = datasets.locate(data).root
-    from salsa_lib.data import read_captions_csv
-
-    frame = read_captions_csv(root / f"clotho_captions_{datasets.SPLITS['test']}.csv")
+    data = data_sources.load_data_config(profile)
+    root = data_sources.locate(data).root
+    frame = read_captions_csv(root / f"clotho_captions_{data_sources.SPLITS['test']}.csv")
     return list(frame["caption_1"].head(n))
 
 

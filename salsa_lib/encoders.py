@@ -18,7 +18,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from torchaudio.compliance.kaldi import get_mel_banks
 
-from salsa_lib.data import preprocess_caption
+from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import ConfigError, DownloadError
 
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from salsa_lib import metrics
-from salsa_lib.data import ClothoSplit
-from salsa_lib.errors import ConfigError
+from salsa_lib import data_sources, metrics, paths, runs
+from salsa_lib.checkpoints import load_member
+from salsa_lib.config import DataConfig
+from salsa_lib.embedding import embed_split
+from salsa_lib.errors import SalsaError
+from salsa_lib.files import atomic_write_csv, atomic_write_json, file_digest
+from salsa_lib.splits import CAPTIONS_PER_CLIP, ClothoSplit, caption_clips, load_split
 
 METRICS = ["mAP@10", "R@1", "R@5", "R@10"]
 
@@ -38,17 +43,13 @@ def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, de
              truth=None, queries: list[str] | None = None) -> Evaluation:
     """Embed the split once in eval mode and compute all metrics; ``truth`` (clips x captions) adds
     multi-relevance, ``queries`` (free text) are scored against every clip while the model is loaded."""
-    import torch
-
-    from salsa_lib.correspondences import embed_split
-
     embeddings = embed_split(model, split, seconds, batch_size, device)
     query_similarity = None
     if queries:
         with torch.no_grad():
             query_similarity = (model.embed_text(list(queries)).float().cpu() @ embeddings["audio"].T).numpy()
     similarity = (embeddings["captions"] @ embeddings["audio"].T).numpy()
-    caption_audio = np.repeat(np.arange(split.n_clips), 5)
+    caption_audio = caption_clips(split.n_clips)
     ranks = metrics.ranks_of_relevant(similarity, caption_audio)
     result = metrics.metrics_from_ranks(ranks)
     audio_ranks = metrics.audio_to_text_ranks(similarity, caption_audio)
@@ -71,42 +72,11 @@ def top_k_examples(evaluation: Evaluation, split: ClothoSplit, queries, k: int =
     for q in queries:
         for rank, clip in enumerate(np.argsort(-evaluation.similarity[q])[:k], start=1):
             row = {"query": split.caption(int(q)), "rank": rank, "file_name": split.file_names[clip],
-                   "score": float(evaluation.similarity[q, clip]), "associated": "✓" if clip == q // 5 else "✗"}
+                   "score": float(evaluation.similarity[q, clip]), "associated": "✓" if clip == q // CAPTIONS_PER_CLIP else "✗"}
             if truth is not None:
                 row["truly matches"] = "yes" if truth[clip, q] else "no"
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-# which weights of a training run are scored, and how metrics.csv names them
-WEIGHTS = {"best": "best val mAP@10 (our model selection)",
-           "last": "last epoch (what the original's test numbers used; spec 12 item 8)"}
-
-
-def models_to_evaluate(profile: str, weights: tuple[str, ...] = ("best",)) -> list[dict]:
-    """Every trained model of the profile, once per kind of ``weights`` (best.ckpt, last.ckpt), for metrics.csv."""
-    from salsa_lib import paths, stage1
-
-    runs = []
-    listing = stage1.stage_dir(profile) / "members.json"
-    for name in json.loads(listing.read_text())["members"] if listing.exists() else []:
-        run = json.loads((stage1.stage_dir(profile) / name / "run.json").read_text())["run"]
-        runs.append(({"stage": 1, "model": name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
-                      "seed": run["seed"]}, stage1.stage_dir(profile) / name))
-    for record in sorted((paths.results_dir(profile) / "stage2").glob("*/run.json")):
-        run = json.loads(record.read_text())["run"]
-        runs.append(({"stage": 2, "model": record.parent.name, "teachers": "+".join(run["teacher_members"]),
-                      "sup_weight": run["sup_weight"], "distill_weight": run["distill_weight"],
-                      "seed": run["seed"]}, record.parent))
-    models = []
-    for entry, folder in runs:
-        for kind in weights:
-            checkpoint = folder / "checkpoints" / f"{kind}.ckpt"
-            if not checkpoint.exists():  # never a silent shrink of the table
-                raise ConfigError(f"{checkpoint} is missing: {entry['model']} has not finished training "
-                                  f"(rerun notebook 0{entry['stage']})")
-            models.append({**entry, "weights": kind, "checkpoint": checkpoint})
-    return models
 
 
 def evaluation_key(row) -> str:
@@ -119,25 +89,20 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
                      ) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
     """Evaluate every trained model, best and last weights (and the released checkpoint, if given),
     and write metrics.csv; ``queries`` are free-text queries scored with every model as well."""
-    from salsa_lib import paths, stage1
-    from salsa_lib.files import atomic_write_csv, file_digest
-
     rows, evaluations = [], {}
-    models = models_to_evaluate(profile, tuple(WEIGHTS))
+    models = runs.trained_models(profile, tuple(runs.WEIGHTS))
     if released is not None:
         path, model, config = released
-        models.append({"stage": "released", "model": "passt_roberta.ckpt", "teachers": "", "sup_weight": None,
-                       "distill_weight": None, "seed": None, "weights": "released", "checkpoint": Path(path),
-                       "loaded": (model, config)})
+        models.append({**runs.released_model(path), "loaded": (model, config)})
         del model
     for entry in models:
-        model, config = entry.pop("loaded", None) or stage1.load_member(entry["checkpoint"])
+        model, config = entry.pop("loaded", None) or load_member(entry["checkpoint"])
         evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries)
         del model  # one paper-sized model in memory at a time
         evaluations[evaluation_key(entry)] = evaluation
         rows.append({**entry, "checkpoint": _relative(entry["checkpoint"], paths.project_root()),
                      "checkpoint_sha256": file_digest(entry["checkpoint"])[:16],
-                     "selected_by": WEIGHTS.get(entry["weights"], "the authors' release"),
+                     "selected_by": runs.WEIGHTS.get(entry["weights"], "the authors' release"),
                      "split": split_name, "clips": split.n_clips, **evaluation.metrics})
     table = pd.DataFrame(rows)
     atomic_write_csv(paths.results_dir(profile) / "metrics.csv", table)
@@ -176,11 +141,6 @@ def paper_reference() -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a checkpoint on a ClothoV2-layout folder and print (or save) the metrics."""
-    from salsa_lib import datasets, stage1
-    from salsa_lib.config import DataConfig
-    from salsa_lib.errors import SalsaError
-    from salsa_lib.files import atomic_write_json
-
     parser = argparse.ArgumentParser(prog="python -m salsa_lib.evaluation", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="a best.ckpt of stage 1 or 2")
     parser.add_argument("--data-root", required=True, help="a folder in the ClothoV2 layout")
@@ -191,11 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     try:
-        model, config = stage1.load_member(args.checkpoint)
+        model, config = load_member(args.checkpoint)
         data = DataConfig(dataset="custom", data_root=args.data_root, skip_bad_clips=args.skip_bad_clips)
-        location = datasets.locate(data)
-        from salsa_lib.data import load_split
-
+        location = data_sources.locate(data)
         split = load_split(location.root, args.split, cache_dir=location.cache_dir, skip_bad_clips=args.skip_bad_clips)
         result = evaluate(model, split, config.eval_seconds, args.batch_size, args.device).metrics
     except SalsaError as err:

@@ -24,6 +24,7 @@ import soundfile as sf
 from salsa_lib.clotho import archive_name, csv_names, download_clotho
 from salsa_lib.files import atomic_write_json, file_digest
 from salsa_lib.reference_queries import readme_example_queries
+from salsa_lib.splits import CAPTION_COLUMNS, CAPTIONS_PER_CLIP
 
 METADATA_COLUMNS = ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer",
                     "license"]
@@ -58,7 +59,7 @@ def _split_rows(split: str, n_clips: int, rng: np.random.Generator, sound_ids: l
     captions, metadata = [], []
     for i in range(n_clips):
         name = f"{split} clip {i:02d}, take {i % 3}.wav"  # spaces and a comma, as Clotho names have
-        texts = [_caption(rng, k) for k in range(5)]
+        texts = [_caption(rng, k) for k in range(CAPTIONS_PER_CLIP)]
         if split == "evaluation" and i < examples["query"].nunique():
             texts[0] = examples["query"].unique()[i]
         sound_id = sound_ids[i]
@@ -94,7 +95,7 @@ def build_mirror(mirror: Path, n_clips: dict[str, int], seed: int = 0) -> dict[s
     for split, count in n_clips.items():
         captions, metadata = _split_rows(split, count, rng, _sound_ids(split, count))
         captions_csv, metadata_csv = csv_names(split)
-        _write_csv(mirror / captions_csv, ["file_name", *[f"caption_{k}" for k in range(1, 6)]], captions)
+        _write_csv(mirror / captions_csv, ["file_name", *CAPTION_COLUMNS], captions)
         _write_csv(mirror / metadata_csv, METADATA_COLUMNS, metadata)
         staging = mirror / f".staging-{split}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -27,8 +27,3 @@ def results_dir(profile: str) -> Path:
 def notebooks_dir() -> Path:
     # Notebooks ship with the code, so they are found beside the package, not under SALSA_HOME.
     return REPO_ROOT / "notebooks"
-
-
-def force_recompute() -> bool:
-    """True under ``run_all.sh --force``: cache-or-compute steps recompute instead of reusing results."""
-    return os.environ.get("SALSA_FORCE") == "1"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import average_precision_score
 from torch import nn
 
-from salsa_lib import paths, reports, synth
+from salsa_lib import data_sources, paths, provenance, synth
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.encoders import SMALL_PASST, AudioEncoder, build_passt
 from salsa_lib.errors import ConfigError, DataError
@@ -79,12 +80,12 @@ def run_params(config: Stage1Config, data: DataConfig) -> dict:
             "heads": config.passt_heads, "window_seconds": config.window_seconds, "tags": len(tag_names())}
 
 
-def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = True) -> dict:
-    """Cache-or-compute: reuse the weights trained with the same parameters unless ``--force``."""
+def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False) -> dict:
+    """Cache-or-compute: reuse the weights trained with the same parameters unless ``force``."""
     if config.pretrain_clips == 0:
         raise ConfigError("pretrain_clips is 0: this profile does not pretrain the audio encoder")
     params, record_path = run_params(config, data), folder(config.profile) / "run.json"
-    if record_path.exists() and checkpoint_path(config.profile).exists() and not paths.force_recompute():
+    if record_path.exists() and checkpoint_path(config.profile).exists() and not force:
         record = json.loads(record_path.read_text())
         if record["params"] == params and record["checkpoint_sha256"] == file_digest(checkpoint_path(config.profile)):
             return record
@@ -98,15 +99,13 @@ def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = T
         torch.save({"passt": passt.state_dict(), "params": params, "tags": tag_names()}, handle)
     record = {"params": params, "checkpoint": checkpoint_path(config.profile).name,
               "checkpoint_sha256": file_digest(checkpoint_path(config.profile)),
-              "seconds": round(time.perf_counter() - started, 1), **metrics, **reports.run_metadata()}
+              "seconds": round(time.perf_counter() - started, 1), **metrics, **provenance.run_metadata()}
     atomic_write_json(record_path, record)
     return record
 
 
 def _check_disjoint(clips: list[dict], n_samples: int, data: DataConfig) -> None:
-    from salsa_lib import datasets
-
-    hits = synth.pool_overlap(clips, n_samples, datasets.locate(data).root)
+    hits = synth.pool_overlap(clips, n_samples, data_sources.locate(data).root)
     if hits:
         raise DataError(f"the pretraining pool repeats {len(hits)} benchmark clip(s), e.g. pool clip {hits[0][0]} = "
                         f"{hits[0][1]}/{hits[0][2]}; the pool must be disjoint from train/val/test")
@@ -177,8 +176,6 @@ def tagging_head(dim: int, train_tags: np.ndarray) -> nn.Linear:
 @torch.no_grad()
 def evaluate_tagger(encoder: AudioEncoder, head: nn.Module, power, targets, n_val: int) -> dict:
     """On the held-out end of the pool: tag mAP (macro over tags present) and source accuracy."""
-    from sklearn.metrics import average_precision_score
-
     encoder.eval()
     ids = torch.arange(len(power) - n_val, len(power))
     scores = torch.sigmoid(head(encoder(None, torch.ones(len(ids)), power=power[ids]))).numpy()

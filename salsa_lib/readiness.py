@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from salsa_lib import paths
+import requests
+import torch
+from huggingface_hub import try_to_load_from_cache
+
+from salsa_lib import data_sources, paths
 from salsa_lib.clotho import CLOTHO_FILES, CLOTHO_SPLITS, CLOTHO_URL, _audio_complete, _has_md5, archive_name, local_path
 from salsa_lib.config import Profile
+from salsa_lib.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
 
 PASST_FILE = "passt-s-f128-p16-s16-ap.468.pt"
 PASST_URL = f"https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audioset/{PASST_FILE}"
@@ -40,8 +45,6 @@ class Item:
 
 def http_probe(url: str, timeout: float = 3.0) -> str | None:
     """HEAD request with a short timeout; None when the server answers below 400."""
-    import requests
-
     try:
         response = requests.head(url, timeout=timeout, allow_redirects=True)
     except requests.exceptions.RequestException as err:
@@ -75,8 +78,6 @@ def clotho_items(root: Path, probe: Probe, timeout: float) -> list[Item]:
 
 
 def passt_item(probe: Probe, timeout: float) -> Item:
-    import torch
-
     target = Path(torch.hub.get_dir()) / "checkpoints" / PASST_FILE
     if target.is_file():
         return Item("PaSST AudioSet weights", "OK", str(target))
@@ -86,8 +87,6 @@ def passt_item(probe: Probe, timeout: float) -> Item:
 
 def hub_item(name: str, probe: Probe, timeout: float) -> Item:
     """A transformers model by hub name: config, weights and tokenizer in the local cache."""
-    from huggingface_hub import try_to_load_from_cache
-
     cached = {f: try_to_load_from_cache(name, f) for f in ("config.json", "model.safetensors", "pytorch_model.bin",
                                                            "tokenizer.json", "vocab.json")}
     has = {f for f, p in cached.items() if isinstance(p, str)}
@@ -109,8 +108,6 @@ def gpu_need_gb() -> tuple[float, float] | None:
 
 
 def cuda_gpus() -> list[tuple[str, float]]:
-    import torch
-
     if not torch.cuda.is_available():
         return []
     return [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / GB)
@@ -157,14 +154,11 @@ def released_item(path: Path) -> Item:
 def check(profile: Profile, probe: Probe | None = None, timeout: float = 3.0, gpus=None,
           free_bytes: int | None = None) -> list[Item]:
     """The items ``profile`` needs, in the order a run needs them; ``probe`` defaults to ``http_probe``."""
-    from salsa_lib import datasets
-    from salsa_lib.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
-
     probe = probe or http_probe  # looked up at call time, so tests can replace it
 
     root = paths.project_root()
     items = []
-    clotho_root = datasets.locate(profile.data).root
+    clotho_root = data_sources.locate(profile.data).root
     if profile.data.dataset == "clotho":
         items += clotho_items(clotho_root, probe, timeout)
     if profile.stage1.pretrained_audio:

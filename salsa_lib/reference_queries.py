@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salsa_lib.data import preprocess_caption
+from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import DataError
 
 REFERENCE = Path(__file__).parent / "reference" / "readme_example_queries.csv"

@@ -17,7 +17,9 @@ from typing import Any, Mapping
 import torch
 
 from salsa_lib.config import PROFILES
+from salsa_lib.encoders import mel_frontend
 from salsa_lib.errors import ConfigError
+from salsa_lib.model import build_dual_encoder
 from salsa_lib.paths import data_dir
 
 # The paper's architecture; no pretrained PaSST download, since every weight comes from the checkpoint.
@@ -77,8 +79,6 @@ def _translate(state_dict: Mapping[str, torch.Tensor]):
 def _check_mel_buffers(mel: Mapping[str, torch.Tensor]) -> None:
     """The front end is rebuilt from fixed settings, so saved buffers must equal ours: a
     difference would mean the model was trained on other spectrograms than we would feed it."""
-    from salsa_lib.encoders import mel_frontend
-
     ours = dict(mel_frontend().named_buffers())
     for key, value in sorted(mel.items()):
         reference = ours.get(key[len(MEL_PREFIX):])
@@ -185,8 +185,6 @@ def _check_fit(model: torch.nn.Module, weights, origin, unknown, path) -> None:
 
 def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_pickle: bool = False):
     """Our DualEncoder (eval mode) with the released weights; ConfigError on any mismatch."""
-    from salsa_lib.model import build_dual_encoder
-
     checkpoint = _read(path, trust_pickle)
     _refuse_other_settings(path, checkpoint, config)
     weights, origin, unknown, mel = _translate(checkpoint["state_dict"])
@@ -254,3 +252,14 @@ def _refuse_other_settings(path, checkpoint: Mapping[str, Any], config) -> list[
 def check_hyperparameters(path: str | Path, config=RELEASED_CONFIG, trust_pickle: bool = False) -> list[str]:
     """Refuse a checkpoint whose saved settings contradict our model; return the settings it does not record."""
     return _refuse_other_settings(path, _read(path, trust_pickle), config)
+
+
+def load_for_evaluation(path: str | Path, trust_pickle: bool = False, config=RELEASED_CONFIG) -> tuple[tuple | None, str]:
+    """What notebook 04 evaluates beside our models: ``(path, model, config)`` and a line for the reader,
+    or ``(None, why)`` when the file is absent (the released checkpoint is optional)."""
+    path = Path(path)
+    if not path.exists():
+        return None, f"released checkpoint not found at {path}: skipped (see README, 'Released checkpoint')"
+    model = load_released_checkpoint(path, config, trust_pickle=trust_pickle)
+    unchecked = check_hyperparameters(path, config, trust_pickle=trust_pickle)
+    return (path, model, config), f"settings the checkpoint does not record (not compared): {unchecked or 'none'}"

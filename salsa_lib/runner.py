@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from salsa_lib import paths
-from salsa_lib.config import EVERY_STAGE_FIELDS, NOTEBOOK_STAGES, StageConfig, get_profile
+from salsa_lib.config import EVERY_STAGE_FIELDS, FORCE_STAGES, NOTEBOOK_STAGES, StageConfig, get_profile
 from salsa_lib.errors import ConfigError, SalsaError
 from salsa_lib.files import atomic_write_csv, atomic_write_json
 from salsa_lib.quiet import KERNEL_ARGUMENTS
@@ -30,6 +32,7 @@ KERNEL_NAME = "salsa"  # registered by scripts/bootstrap.sh in the project's env
 class Step:
     notebook: Path
     config: StageConfig
+    stage: str = ""  # the key of STAGE_CONFIGS whose config this is (data, stage1, ...)
 
     @property
     def name(self) -> str:
@@ -49,7 +52,7 @@ def plan(profile_name: str, overrides: dict[str, str], notebooks_dir: Path | Non
         stage = NOTEBOOK_STAGES.get(notebook.name[:2])
         if stage not in stages:
             continue
-        steps.append(Step(notebook, stages[stage]))
+        steps.append(Step(notebook, stages[stage], stage))
     return steps
 
 
@@ -119,7 +122,7 @@ def run(steps: list[Step], profile: str, *, force: bool = False, quiet: bool = F
         if not force and _is_current(stamp_path, key, out_dir / f"{step.name}.ipynb"):
             print(f"[{step.name}] up to date, skipped (use --force to rerun)", flush=True)
         else:
-            seconds = _execute(step, out_dir, quiet)
+            seconds = _execute(step, out_dir, quiet, force)
             atomic_write_json(stamp_path, {"key": key, "params": step.config.to_params(), "seconds": seconds})
             _log(profile, step, "ok", seconds)
         upstream = key
@@ -138,15 +141,16 @@ def _is_current(stamp_path: Path, key: str, executed: Path) -> bool:
         return False
 
 
-def _execute(step: Step, out_dir: Path, quiet: bool) -> float:
+def _execute(step: Step, out_dir: Path, quiet: bool, force: bool = False) -> float:
     import papermill  # imported here: it is slow to import and only the runner needs it
 
     running = out_dir / f"{step.name}.running.ipynb"
+    parameters = {**step.config.to_params(), **({"force": force} if step.stage in FORCE_STAGES else {})}
     print(f"[{step.name}] running ...", flush=True)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(step.notebook), str(running), parameters=step.config.to_params(),
+            str(step.notebook), str(running), parameters=parameters,
             kernel_name=KERNEL_NAME, cwd=str(step.notebook.parent),
             progress_bar=not quiet, log_output=not quiet, extra_arguments=KERNEL_ARGUMENTS,
         )
@@ -167,8 +171,6 @@ def _execute(step: Step, out_dir: Path, quiet: bool) -> float:
 
 def _log(profile: str, step: Step, status: str, seconds: float) -> None:
     """Append to results/<profile>/run_log.csv (rewritten atomically: the log is tiny)."""
-    import pandas as pd
-
     log_path = paths.results_dir(profile) / "run_log.csv"
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "notebook": step.name, "status": status,
            "seconds": round(seconds, 2), "params": json.dumps(step.config.to_params(), sort_keys=True)}
@@ -197,20 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(args.p)
         steps = select(plan(args.profile, overrides, args.notebooks_dir), args.start, args.only)
         start = time.perf_counter()
-        if args.force:
-            os.environ["SALSA_FORCE"] = "1"  # the kernels inherit it: trained models are recomputed too
         run(steps, args.profile, force=args.force, quiet=args.quiet)
     except SalsaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    finally:
-        os.environ.pop("SALSA_FORCE", None)
     print(f"all done in {time.perf_counter() - start:.1f} s; results in {paths.results_dir(args.profile)}")
     return 0
 
 
 def _check(profile_name: str) -> int:
-    from salsa_lib import readiness
+    from salsa_lib import readiness  # lazy: it imports torch and transformers, which only --check needs
 
     try:
         profile = get_profile(profile_name)

@@ -5,36 +5,29 @@ Member k trains with seed + k. Reuse, resume and move-aside rules: ``training.tr
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pandas as pd
 
-from salsa_lib import paths, pretraining, reports
-from salsa_lib.checkpoints import load_member  # noqa: F401 - moved to the model core, kept importable here
+from salsa_lib import data_sources, pretraining, reports, runs
 from salsa_lib.config import DataConfig, Stage1Config
-from salsa_lib.data import split_fingerprint
+from salsa_lib.splits import split_fingerprint
 from salsa_lib.files import atomic_write_json
 from salsa_lib.training import RetrievalModule, fit, make_loaders, train_or_reuse
 
 
-def stage_dir(profile: str) -> Path:
-    return paths.results_dir(profile) / "stage1"
+def train_members(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False,
+                  pretrained: dict | None = None) -> pd.DataFrame:
+    """Train (or reuse; ``force``: retrain) every member; returns and writes the members table.
 
-
-def member_dir(profile: str, member: int) -> Path:
-    return stage_dir(profile) / f"member{member}"
-
-
-def train_members(config: Stage1Config, data: DataConfig, progress: bool = True) -> pd.DataFrame:
-    """Train (or reuse) every member; returns and writes the members table."""
-    from salsa_lib import datasets
-
-    splits = datasets.load_splits(data, splits=("train", "val"), progress=progress)
-    pretrained = pretraining.pretrain_or_reuse(config, data, progress) if config.pretrain_clips else None
-    records = [train_member(config, k, splits["train"], splits["val"], progress, pretrained)
+    ``pretrained``: the pretraining record when the caller already has it (else it is made or reused here).
+    """
+    splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
+    if config.pretrain_clips and pretrained is None:
+        pretrained = pretraining.pretrain_or_reuse(config, data, progress, force)
+    records = [train_member(config, k, splits["train"], splits["val"], progress, pretrained, force)
                for k in range(config.members)]
-    atomic_write_json(stage_dir(config.profile) / "members.json",
+    atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
                       {"members": [r["folder"] for r in records], "params": config.to_params()})
     table = pd.DataFrame([{"member": k, "seed": r["run"]["seed"], "best_epoch": r["best_epoch"],
                            **r["val"], "seconds": r["seconds"]} for k, r in enumerate(records)])
@@ -43,7 +36,7 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True)
 
 
 def train_member(config: Stage1Config, member: int, train, val, progress: bool = True,
-                 pretrained: dict | None = None) -> dict:
+                 pretrained: dict | None = None, force: bool = False) -> dict:
     """``pretrained``: the record of ``pretraining.pretrain_or_reuse``, whose weights start the PaSST."""
     params = {**config.to_params(), "seed": config.seed + member}
     # the data are part of the run's identity: a regenerated data set must not reuse old members
@@ -59,6 +52,6 @@ def train_member(config: Stage1Config, member: int, train, val, progress: bool =
         if pretrained is not None:
             pretraining.load_pretrained(module.model.audio_encoder.passt, config.profile, pretrained)
         module.val_captions = val.captions
-        return fit(module, member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
+        return fit(module, runs.member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
 
-    return train_or_reuse(member_dir(config.profile, member), run, fit_run)
+    return train_or_reuse(runs.member_dir(config.profile, member), run, fit_run, force)

@@ -7,6 +7,7 @@ teacher network runs during training.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from salsa_lib import correspondences, paths, reports, stage1
+from salsa_lib import correspondences, data_sources, reports, runs, synth
+from salsa_lib.checkpoints import load_member
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
-from salsa_lib.data import split_fingerprint
+from salsa_lib.splits import split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
-from salsa_lib.training import RetrievalModule, checkpoint_hparams, fit, make_loaders, train_or_reuse
+from salsa_lib.training import RetrievalModule, checkpoint_hparams, epoch_metrics, fit, make_loaders, train_or_reuse
 
 
 class DistillationModule(RetrievalModule):
@@ -81,7 +83,7 @@ def run_dir(profile: str, run: StudentRun) -> Path:
     name = f"{run.teachers}_from_member{run.init_member}"
     if run.teachers != "control" and (run.sup_weight, run.distill_weight) != (0.0, 1.0):
         name += f"_sup{run.sup_weight:g}_dist{run.distill_weight:g}"
-    return paths.results_dir(profile) / "stage2" / name
+    return runs.stage2_dir(profile) / name
 
 
 def teacher_names(run: StudentRun) -> list[str] | None:
@@ -89,46 +91,41 @@ def teacher_names(run: StudentRun) -> list[str] | None:
     return {"ensemble": None, "self": [f"member{run.init_member}"]}.get(run.teachers, [])
 
 
-def train(config: Stage2Config, data: DataConfig, progress: bool = True) -> list[dict]:
-    """Train (or reuse) every planned stage-2 run of ``config``; returns their run records."""
-    from salsa_lib import datasets
-
-    listed = correspondences.member_folders(config.profile)
+def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: bool = False) -> list[dict]:
+    """Train (or reuse; ``force``: retrain) every planned stage-2 run of ``config``; returns their run records."""
+    listed = runs.member_folders(config.profile)
     if config.students > len(listed):
         raise ConfigError(f"students={config.students}, but stage 1 trained {len(listed)} members: student k "
                           f"starts from member k, so train more members or ask for fewer students")
-    splits = datasets.load_splits(data, splits=("train", "val"), progress=progress)
+    splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
     truth = None
     if "truth" in config.teacher_kinds:
         truth = _train_truth(data, splits["train"])
-    return [train_student(config, run, splits["train"], splits["val"], truth, progress)
+    return [train_student(config, run, splits["train"], splits["val"], truth, progress, force)
             for run in planned_runs(config)]
 
 
 def _train_truth(data: DataConfig, train_split) -> tuple[torch.Tensor, str]:  # (matrix, file hash)
-    from salsa_lib import datasets, synth
-
     if data.dataset != "synthetic":
         raise ConfigError(f"teachers=truth needs the synthetic data set (its true correspondences are known); "
                           f"this profile uses {data.dataset!r}: leave truth out of teachers")
-    root = datasets.locate(data).root
-    truth = synth.load_truth(root, datasets.SPLITS["train"])
+    root = data_sources.locate(data).root
+    truth = synth.load_truth(root, data_sources.SPLITS["train"])
     if truth.shape != (train_split.n_clips, train_split.n_captions):
         raise DataError(f"the truth matrix {truth.shape} does not fit the training split "
                         f"({train_split.n_clips} clips, {train_split.n_captions} captions); were clips skipped?")
-    return torch.from_numpy(truth.toarray()), file_digest(root / f"synthetic_truth_{datasets.SPLITS['train']}.npz")
+    return torch.from_numpy(truth.toarray()), file_digest(root / f"synthetic_truth_{data_sources.SPLITS['train']}.npz")
 
 
 def train_student(config: Stage2Config, run: StudentRun, train_split, val_split, truth=None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, force: bool = False) -> dict:
     """Train (or reuse) one stage-2 run; ``truth``: (matrix, file hash) when ``run.teachers == 'truth'``."""
-    init_folder = stage1.member_dir(config.profile, run.init_member)
-    correspondences.member_folders(config.profile, [init_folder.name])  # exists and is listed
+    init_folder, = runs.member_folders(config.profile, [f"member{run.init_member}"])  # exists and is listed
     names = teacher_names(run)
-    teachers = correspondences.member_folders(config.profile, names) if names != [] else []
-    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split,
-                                                f / "checkpoints" / "best.ckpt") for f in teachers]
-    init_checkpoint = init_folder / "checkpoints" / "best.ckpt"
+    teachers = runs.member_folders(config.profile, names) if names != [] else []
+    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split, runs.checkpoint(f))
+                for f in teachers]
+    init_checkpoint = runs.checkpoint(init_folder)
     verified = {f.name: p["checkpoint_sha256"] for f, p in zip(teachers, payloads)}  # hashed by load_embeddings
     grid = {"teachers", "students", "seed", "sup_weight", "distill_weight"}
     record = {**{k: v for k, v in config.to_params().items() if k not in grid}, **asdict(run),
@@ -151,25 +148,33 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
             audio, captions = correspondences.stack_teachers(payloads) if payloads else (None, None)
             module = DistillationModule(params, len(train_loader), record, audio, captions, run.sup_weight,
                                         run.distill_weight, truth[0] if run.teachers == "truth" else None)
-        initial, _ = stage1.load_member(init_checkpoint)
+        initial, _ = load_member(init_checkpoint)
         module.model.load_state_dict(initial.state_dict())  # strict: same architecture, tau included
         module.model.train()
         module.val_captions = val_split.captions
         return fit(module, run_dir(config.profile, run), train_set, train_loader, val_loader, progress)
 
-    return train_or_reuse(run_dir(config.profile, run), record, fit_run)
+    return train_or_reuse(run_dir(config.profile, run), record, fit_run, force)
 
 
 def comparison_table(config: Stage2Config) -> pd.DataFrame:
     """Validation metrics of the stage-1 members and of every stage-2 run of the profile, side by side."""
-    import json
-
-    from salsa_lib.evaluation import models_to_evaluate
-
     rows = []
-    for entry in models_to_evaluate(config.profile):
-        record = json.loads((Path(entry["checkpoint"]).parent.parent / "run.json").read_text())
+    for entry in runs.trained_models(config.profile):
+        record = json.loads((Path(entry["checkpoint"]).parent.parent / runs.RECORD).read_text())
         rows.append({**{k: v for k, v in entry.items() if k != "checkpoint"}, "checkpoint": "best", **record["val"]})
     table = pd.DataFrame(rows)
     reports.write_table(table, config.profile, "stage2_vs_stage1_validation")
     return table
+
+
+def learning_curves(profile: str, records: list[dict]) -> pd.DataFrame:
+    """Validation curves per epoch: the stage-1 members, then each stage-2 run continuing after them.
+
+    Columns of the training logs plus ``kind`` (stage 1 or the teacher kind) and ``model`` (folder).
+    """
+    members = [epoch_metrics(folder).assign(kind="stage 1", model=folder.name) for folder in runs.member_folders(profile)]
+    offset = max(int(curve["epoch"].max()) for curve in members) + 1  # stage 2 continues from the last epoch
+    students = [epoch_metrics(runs.stage2_dir(profile) / r["folder"]).assign(
+        kind=r["run"]["teachers"], model=r["folder"], epoch=lambda d: d.epoch + offset) for r in records]
+    return pd.concat(members + students, ignore_index=True)

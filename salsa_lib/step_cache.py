@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from salsa_lib.data import ClothoSplit
+from salsa_lib.splits import ClothoSplit
 
 SPECTROGRAM_CACHE_BYTES = 2 * 1024**3  # beyond this (e.g. ClothoV2 at 30 s) the STFT runs every step
 CHUNK = 32  # clips or captions per forward pass while filling a cache

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_json
+from salsa_lib.splits import SPLIT_FOLDERS
 
-SPLITS = ("development", "validation", "evaluation")
+SPLITS = tuple(SPLIT_FOLDERS.values())
 FORMAT_VERSION = 1
 DEFAULT_N_CLIPS = {"development": 300, "validation": 100, "evaluation": 100}
 N_CAPTIONS = 5

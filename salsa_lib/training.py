@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from salsa_lib import paths, reports
+from salsa_lib import provenance
 from salsa_lib.config import Stage1Config
-from salsa_lib.data import AudioCaptionDataset, ClipDataset, ClothoSplit
+from salsa_lib.splits import CAPTIONS_PER_CLIP, AudioCaptionDataset, ClipDataset, ClothoSplit, caption_clips
 from salsa_lib.errors import ConfigError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
@@ -98,7 +98,7 @@ class RetrievalModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         captions = [c for i in batch["audio_idx"].tolist() for c in self.val_captions[i]]
-        caption_ids = [5 * i + k for i in batch["audio_idx"].tolist() for k in range(5)]
+        caption_ids = [CAPTIONS_PER_CLIP * i + k for i in batch["audio_idx"].tolist() for k in range(CAPTIONS_PER_CLIP)]
         audio, text = self._embed(batch, self._val_cache, caption_ids, captions)
         self._val_audio.append(audio.float())
         self._val_text.append(text.float())
@@ -112,7 +112,7 @@ class RetrievalModule(pl.LightningModule):
         ids, first = np.unique(ids.cpu().numpy(), return_index=True)  # DDP samplers pad with repeats
         audio = audio[first].cpu().numpy()
         text = text.reshape(-1, 5, text.shape[-1])[first].reshape(-1, text.shape[-1]).cpu().numpy()
-        metrics = text_to_audio_metrics(text, audio, np.repeat(np.arange(len(ids)), 5))
+        metrics = text_to_audio_metrics(text, audio, caption_clips(len(ids)))
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name == "mAP@10", sync_dist=False)
 
@@ -180,10 +180,10 @@ def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
 RECORD = "run.json"
 
 
-def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict]) -> dict:
+def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bool = False) -> dict:
     """Cache-or-compute for one training run folder, keyed by the run's parameters.
 
-    Finished with the same ``run`` parameters: reused (unless ``run_all.sh --force``). Interrupted
+    Finished with the same ``run`` parameters: reused (unless ``force``: ``run_all.sh --force``). Interrupted
     with the same parameters: ``train`` resumes from ``last.ckpt``. Anything else already there is
     moved to ``<stage>/.previous/`` (never silently overwritten) and trained anew.
     """
@@ -191,7 +191,7 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict]) -> dict:
     if record_path.exists():
         record = json.loads(record_path.read_text())
         reusable = record.get("run") == run and (folder / record["best_checkpoint"]).exists()
-        if reusable and not paths.force_recompute():
+        if reusable and not force:
             return record
         _move_aside(folder)
     elif (folder / "checkpoints" / "last.ckpt").exists() and checkpoint_hparams(folder / "checkpoints" / "last.ckpt").get("run") != run:
@@ -200,7 +200,7 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict]) -> dict:
     metrics = train()
     record = {"folder": folder.name, "run": run, "best_checkpoint": "checkpoints/best.ckpt",
               "last_checkpoint": "checkpoints/last.ckpt", "seconds": round(time.perf_counter() - start, 1),
-              **metrics, **reports.run_metadata()}
+              **metrics, **provenance.run_metadata()}
     atomic_write_json(record_path, record)
     return record
 

@@ -9,13 +9,13 @@ rebuilt and checked without retraining.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from salsa_lib import metrics
+from salsa_lib import metrics, runs
 
 METRICS = ("mAP@10", "multi mAP@10")
 # row order of the verdict table: floor, stage 1, control, the teachers, ceiling
@@ -36,10 +36,8 @@ def oracle_map_at_k(truth, k: int = 10) -> float:
 
 def stage2_kinds(stage2_dir: Path) -> pd.DataFrame:
     """model folder -> teacher kind and initial member, from each stage-2 run record."""
-    rows = []
-    for record in sorted(Path(stage2_dir).glob("*/run.json")):
-        run = json.loads(record.read_text())["run"]
-        rows.append({"model": record.parent.name, "kind": run["teachers"], "student": run["init_member"]})
+    rows = [{"model": model, "kind": kind, "student": student}
+            for model, (kind, student) in runs.stage2_teacher_kinds(stage2_dir).items()]
     return pd.DataFrame(rows, columns=["model", "kind", "student"])
 
 
@@ -125,8 +123,6 @@ def verdict_from_files(results: Path, truth) -> pd.DataFrame:
 def plot_verdict(table: pd.DataFrame):
     """Left: each system's test metrics (mean ± std over seeds), chance and oracle as lines.
     Right: each teacher kind minus the control, per student (points) and on average (bars ± std)."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 2]})
     systems = table[~table.system.isin(["chance", "oracle ranking"])].reset_index(drop=True)
     x, width = np.arange(len(systems)), 0.38

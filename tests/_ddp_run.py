@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 devices, out_path, home = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ["SALSA_HOME"] = home
 
-from salsa_lib import datasets  # noqa: E402
+from salsa_lib import data_sources  # noqa: E402
 from salsa_lib.config import Stage1Config  # noqa: E402
 from salsa_lib.training import RetrievalModule, make_loaders  # noqa: E402
 
@@ -28,8 +28,8 @@ class RecordLoss(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-data = datasets.load_data_config("ddp")
-splits = datasets.load_splits(data, ("train", "val"), progress=False)
+data = data_sources.load_data_config("ddp")
+splits = data_sources.load_splits(data, ("train", "val"), progress=False)
 config = Stage1Config(profile="ddp", passt_width=64, passt_depth=1, passt_heads=2, text_trainable_layers=1,
                       text_dropout=0.0, embed_dim=32, train_seconds=1.0, eval_seconds=1.0, window_seconds=1.0,
                       batch_size=GLOBAL_BATCH // devices, eval_batch_size=2, epochs=2, warmup_epochs=0.0,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from salsa_lib import datasets
+from salsa_lib import data_sources
 from salsa_lib.config import DataConfig, Stage1Config
 
 TINY_DATA = dict(n_train_clips=8, n_val_clips=4, n_test_clips=4, clip_seconds=1.0, source_sample_rate=16000)
@@ -18,9 +18,9 @@ def tiny_home(tmp_path, monkeypatch):
     """SALSA_HOME with a prepared 8/4/4-clip synthetic set (notebook 00's outputs) for profile 'test'."""
     monkeypatch.setenv("SALSA_HOME", str(tmp_path))
     config = DataConfig(profile="test", **TINY_DATA)
-    datasets.fetch(config, progress=False)
-    datasets.load_splits(config, progress=False)
-    datasets.save_data_config(config)
+    data_sources.fetch(config, progress=False)
+    data_sources.load_splits(config, progress=False)
+    data_sources.save_data_config(config)
     return tmp_path
 
 

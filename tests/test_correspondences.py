@@ -8,7 +8,7 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from salsa_lib import correspondences as corr
+from salsa_lib import correspondences as corr, runs
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.losses import correspondence_targets
 
@@ -93,13 +93,13 @@ def test_teacher_lists_are_checked():
 def test_member_folders_name_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SALSA_HOME", str(tmp_path))
     with pytest.raises(ConfigError, match="members.json"):
-        corr.member_folders("test")
+        runs.member_folders("test")
     stage = tmp_path / "results/test/stage1"
     (stage / "member0/checkpoints").mkdir(parents=True)
     (stage / "member0/checkpoints/best.ckpt").write_bytes(b"x")
     (stage / "members.json").write_text('{"members": ["member0", "member1"]}')
     with pytest.raises(ConfigError, match="member1"):
-        corr.member_folders("test")
-    assert [f.name for f in corr.member_folders("test", ["member0"])] == ["member0"]
+        runs.member_folders("test")
+    assert [f.name for f in runs.member_folders("test", ["member0"])] == ["member0"]
     with pytest.raises(ConfigError, match="empty"):
-        corr.member_folders("test", [])
+        runs.member_folders("test", [])

@@ -1,4 +1,4 @@
-"""Captions CSV validation, split loading and the torch datasets (salsa_lib.data)."""
+"""Captions CSV validation, split loading and the torch datasets (salsa_lib.splits)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 import salsa_lib.audio as audio
 from salsa_lib.audio import SAMPLE_RATE, load_audio
-from salsa_lib.data import (
+from salsa_lib.splits import (
     CAPTION_COLUMNS,
     AudioCaptionDataset,
     ClipDataset,

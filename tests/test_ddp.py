@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from salsa_lib import datasets
+from salsa_lib import data_sources
 from salsa_lib.config import DataConfig
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,9 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("SALSA_HOME", str(tmp_path))
     data = DataConfig(profile="ddp", n_train_clips=2, n_val_clips=2, n_test_clips=2, clip_seconds=1.0,
                       source_sample_rate=16000)
-    datasets.fetch(data, progress=False)
-    datasets.load_splits(data, progress=False)
-    datasets.save_data_config(data)
+    data_sources.fetch(data, progress=False)
+    data_sources.load_splits(data, progress=False)
+    data_sources.save_data_config(data)
     single, double = _run(1, tmp_path), _run(2, tmp_path)
     assert double["world_size"] == 2 and len(single["losses"]) == len(double["losses"]) == 2
     # step 1: same forward pass; step 2: after one update, so the averaged gradients agree too

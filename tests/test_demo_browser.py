@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from salsa_lib import datasets, paths, stage1
+from salsa_lib import data_sources, paths, stage1
 from salsa_lib.config import DataConfig, Stage1Config
 
 pytestmark = pytest.mark.slow
@@ -71,9 +71,9 @@ def trained_tiny(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("SALSA_HOME", str(home))
     data = DataConfig(n_train_clips=8, n_val_clips=4, n_test_clips=6, clip_seconds=1.0, source_sample_rate=16000)
-    datasets.fetch(data, progress=False)
-    datasets.load_splits(data, progress=False)
-    datasets.save_data_config(data)
+    data_sources.fetch(data, progress=False)
+    data_sources.load_splits(data, progress=False)
+    data_sources.save_data_config(data)
     stage1.train_members(Stage1Config(members=1, passt_width=64, passt_depth=1, passt_heads=2, text_trainable_layers=1,
                                       embed_dim=32, train_seconds=1.0, eval_seconds=1.0, window_seconds=1.0,
                                       batch_size=10, eval_batch_size=4, epochs=1, warmup_epochs=0.5,

@@ -2,7 +2,7 @@
 
 Each drill runs the real code in a subprocess where a crash must be simulated, and checks what a
 user would see afterwards. Bad input: every class of the data issue through the data command
-(``python -m salsa_lib.datasets``) and one through ``./run_all.sh``; the demo's through the search
+(``python -m salsa_lib.data_sources``) and one through ``./run_all.sh``; the demo's through the search
 command. Checkpoint safety (pickled code in a .ckpt) and archive safety (path traversal in
 downloads) have their own tests: tests/test_stage1.py (test_load_member_roundtrip_and_refusals) and
 tests/test_clotho.py; here the evaluation *command line* is checked to refuse such a checkpoint cleanly.
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, TINY_MODEL
-from salsa_lib import audio, datasets, stage1, training
+from salsa_lib import audio, data_sources, runs, stage1, training
 from salsa_lib.config import PROFILES, DataConfig, Stage1Config
 
 pytestmark = pytest.mark.slow
@@ -62,9 +62,9 @@ def _prepare_home(home: Path, monkeypatch) -> None:
     """The tiny synthetic set (notebook 00's outputs) under ``home``, which becomes SALSA_HOME."""
     monkeypatch.setenv("SALSA_HOME", str(home))
     config = DataConfig(profile="test", **TINY_DATA)
-    datasets.fetch(config, progress=False)
-    datasets.load_splits(config, progress=False)
-    datasets.save_data_config(config)
+    data_sources.fetch(config, progress=False)
+    data_sources.load_splits(config, progress=False)
+    data_sources.save_data_config(config)
 
 
 def _config() -> Stage1Config:
@@ -73,8 +73,8 @@ def _config() -> Stage1Config:
 
 def _train_in_process(home: Path, monkeypatch) -> dict:
     monkeypatch.setenv("SALSA_HOME", str(home))
-    stage1.train_members(_config(), datasets.load_data_config("test"), progress=False)
-    folder = stage1.member_dir("test", 0)
+    stage1.train_members(_config(), data_sources.load_data_config("test"), progress=False)
+    folder = runs.member_dir("test", 0)
     return {"record": json.loads((folder / "run.json").read_text()),
             "epochs": training.epoch_metrics(folder),
             "weights": torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]}
@@ -109,7 +109,7 @@ TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
 import lightning.pytorch as pl
-from salsa_lib import datasets, stage1
+from salsa_lib import data_sources, stage1
 from salsa_lib.config import Stage1Config
 
 reached = Path(sys.argv[1])
@@ -124,7 +124,7 @@ class Block(pl.Callback):
 real = pl.Trainer
 pl.Trainer = lambda **kw: real(**{**kw, "callbacks": [*kw["callbacks"], Block()]})
 config = Stage1Config(profile="test", **%r)
-stage1.train_members(config, datasets.load_data_config("test"), progress=False)
+stage1.train_members(config, data_sources.load_data_config("test"), progress=False)
 print("finished without being killed")
 """
 
@@ -146,7 +146,7 @@ def test_kill9_during_stage1_training_then_rerun_matches_uninterrupted(tmp_path,
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT % {**TINY_MODEL, "epochs": EPOCHS, "members": 1})
     _run_until_barrier_then_kill(script, tmp_path / "reached", home, 240, "training to reach epoch 2")
-    folder = stage1.member_dir("test", 0)
+    folder = runs.member_dir("test", 0)
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert not (folder / "run.json").exists()
 
@@ -166,7 +166,7 @@ def test_training_is_deterministic(tmp_path_factory, monkeypatch):
 CACHE_SCRIPT = """
 import sys
 from pathlib import Path
-from salsa_lib import audio, datasets
+from salsa_lib import audio, data_sources
 from salsa_lib.config import DataConfig
 
 barrier = Path(sys.argv[1])
@@ -181,7 +181,7 @@ def slow_load_audio(path, sample_rate=audio.SAMPLE_RATE):
     return real(path, sample_rate)
 
 audio.load_audio = slow_load_audio
-datasets.load_splits(DataConfig(profile="test", **%r), splits=("train",), progress=False)
+data_sources.load_splits(DataConfig(profile="test", **%r), splits=("train",), progress=False)
 print("finished without being killed")
 """
 
@@ -191,7 +191,7 @@ def _kill_cache_build_then_rebuild(tmp_path, monkeypatch):
     home = tmp_path / "home"
     _prepare_home(home, monkeypatch)  # builds every split's cache once
     config = DataConfig(profile="test", **TINY_DATA)
-    cache_dir = datasets.locate(config).cache_dir
+    cache_dir = data_sources.locate(config).cache_dir
     train_cache, val_cache = cache_dir / "development_32000", cache_dir / "validation_32000"
     val_before = {p.name: p.read_bytes() for p in val_cache.iterdir()}
     for path in train_cache.iterdir():  # the train cache is gone: the child must build it anew
@@ -202,7 +202,7 @@ def _kill_cache_build_then_rebuild(tmp_path, monkeypatch):
     script.write_text(CACHE_SCRIPT % TINY_DATA)
     _run_until_barrier_then_kill(script, tmp_path / "barrier", home, 120, "the cache build to reach clip 4")
     leftovers = [p.name for p in train_cache.iterdir()]
-    splits = datasets.load_splits(config, progress=False)  # a normal build
+    splits = data_sources.load_splits(config, progress=False)  # a normal build
     return dict(config=config, train_cache=train_cache, val_cache=val_cache, val_before=val_before,
                 leftovers=leftovers, splits=splits)
 
@@ -392,7 +392,7 @@ CSV_CASES = {"missing column": ["caption_5"], "empty caption": ["line 3", "capti
 
 
 def _prepare(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _cli(tmp_path / "home", "salsa_lib.datasets", "--data-root", str(tmp_path / "mine"),
+    return _cli(tmp_path / "home", "salsa_lib.data_sources", "--data-root", str(tmp_path / "mine"),
                 "--splits", "train", *extra)
 
 

@@ -7,10 +7,10 @@ import soundfile as sf
 
 from salsa_lib import reference_queries
 from salsa_lib.config import DRYRUN_CHANGES, PROFILES
-from salsa_lib.data import preprocess_caption, read_captions_csv
+from salsa_lib.splits import preprocess_caption, read_captions_csv
 from salsa_lib.fake_clotho import METADATA_COLUMNS, install_fake_clotho
 
-HARDWARE = {"batch_size", "eval_batch_size", "precision", "accelerator", "num_workers", "device"}
+HARDWARE = {"batch_size", "eval_batch_size", "embed_batch_size", "precision", "accelerator", "num_workers"}
 
 
 def test_dryrun_differs_from_clotho_only_where_it_says():

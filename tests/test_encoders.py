@@ -134,10 +134,10 @@ def test_dynamic_padding_and_stored_frozen_states_change_no_embedding(minilm):
 
 
 def test_step_cache_stores_the_padded_clips_spectrograms(tiny_home):
-    from salsa_lib import datasets
+    from salsa_lib import data_sources
     from salsa_lib.step_cache import spectrograms
 
-    split = datasets.load_splits(datasets.load_data_config("test"), ("val",), progress=False)["val"]
+    split = data_sources.load_splits(data_sources.load_data_config("test"), ("val",), progress=False)["val"]
     encoder = AudioEncoder(build_passt("passt_small", 1.0, width=32, depth=1, heads=2), 1.0)
     power = spectrograms(encoder, split, 40000)  # 1.25 s: every clip is padded
     waves = torch.zeros(split.n_clips, 40000)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salsa_lib import datasets, evaluation, stage1
+from salsa_lib import data_sources, evaluation, runs, stage1
 from salsa_lib.evaluation import Evaluation
 
 
@@ -33,12 +33,12 @@ def test_top_k_examples_mark_the_associated_clip():
 
 @pytest.mark.slow
 def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, capsys):
-    data = datasets.load_data_config("test")
+    data = data_sources.load_data_config("test")
     stage1.train_members(tiny_stage1.replace(members=2), data, progress=False)
-    test = datasets.load_splits(data, ("test",), progress=False)["test"]
+    test = data_sources.load_splits(data, ("test",), progress=False)["test"]
     from salsa_lib import synth
 
-    truth = synth.load_truth(datasets.locate(data).root, "evaluation")
+    truth = synth.load_truth(data_sources.locate(data).root, "evaluation")
     queries = ["a dog barks", test.captions[1][2]]
     table, evaluations = evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth, queries=queries)
     written = pd.read_csv(tiny_home / "results/test/metrics.csv")
@@ -57,9 +57,9 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
     assert scores.shape == (2, 4)  # the free-text query equal to a caption scores like that caption
     assert np.allclose(scores[1], evaluations["member0 (last)"].similarity[7], atol=1e-5)
 
-    checkpoint = stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt"
+    checkpoint = runs.member_dir("test", 0) / "checkpoints" / "best.ckpt"
     out = tmp_path / "m.json"
-    argv = ["--checkpoint", str(checkpoint), "--data-root", str(datasets.locate(data).root), "--json", str(out)]
+    argv = ["--checkpoint", str(checkpoint), "--data-root", str(data_sources.locate(data).root), "--json", str(out)]
     assert evaluation.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["clips"] == 4 and result["mAP@10"] == pytest.approx(written.loc[0, "mAP@10"])

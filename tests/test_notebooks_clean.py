@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from salsa_lib.config import NOTEBOOK_STAGES, PROFILES
+from salsa_lib.config import FORCE_STAGES, NOTEBOOK_STAGES, PROFILES
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -30,12 +30,15 @@ def test_parameters_cell_defines_exactly_the_config_fields(path):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
     assigned = [t.id for node in ast.parse(tagged[0].source).body for t in node.targets]
-    config = getattr(PROFILES["tiny"], NOTEBOOK_STAGES[path.name[:2]])
+    stage = NOTEBOOK_STAGES[path.name[:2]]
+    config = getattr(PROFILES["tiny"], stage)
+    run_arguments = {"force": False} if stage in FORCE_STAGES else {}  # what run_all.sh --force sets
     assert len(assigned) == len(set(assigned)), f"{path.name}: a parameter is assigned twice"
-    assert sorted(assigned) == sorted(config.field_names()), f"{path.name}: parameters cell vs {type(config).__name__}"
+    assert sorted(assigned) == sorted([*config.field_names(), *run_arguments]), \
+        f"{path.name}: parameters cell vs {type(config).__name__}"
     # the literals in the notebook are the tiny profile's values, so JupyterLab runs it as-is
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body for t in node.targets}
-    assert values == config.to_params()
+    assert values == {**config.to_params(), **run_arguments}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -44,5 +47,6 @@ def test_papermill_sees_every_parameter(path):
     import papermill
 
     found = papermill.inspect_notebook(str(path))
-    config = getattr(PROFILES["tiny"], NOTEBOOK_STAGES[path.name[:2]])
-    assert sorted(found) == sorted(config.field_names())
+    stage = NOTEBOOK_STAGES[path.name[:2]]
+    run_arguments = ["force"] if stage in FORCE_STAGES else []
+    assert sorted(found) == sorted([*getattr(PROFILES["tiny"], stage).field_names(), *run_arguments])

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from salsa_lib import datasets, pretraining, synth
+from salsa_lib import data_sources, pretraining, synth
 from salsa_lib.config import Stage1Config
 from salsa_lib.errors import ConfigError, DataError
 
 
 def test_pool_is_disjoint_from_the_benchmark_splits(tiny_home):
-    data = datasets.load_data_config("test")
-    root = datasets.locate(data).root
+    data = data_sources.load_data_config("test")
+    root = data_sources.locate(data).root
     audio, clips = synth.tagging_pool(40, data.clip_seconds, 32000, seed=data.synthetic_seed)  # the same seed
     assert audio.shape == (40, 32000) and np.abs(audio).max() < 1
     assert synth.pool_overlap(clips, audio.shape[1], root) == []
@@ -51,7 +51,7 @@ def test_tag_targets_name_every_source_and_value_of_the_clip():
 
 @pytest.mark.slow
 def test_pretraining_is_cached_checked_and_loaded(tiny_home, tiny_stage1, monkeypatch):
-    data = datasets.load_data_config("test")
+    data = data_sources.load_data_config("test")
     config = tiny_stage1.replace(pretrain_clips=12, pretrain_epochs=1)
     record = pretraining.pretrain_or_reuse(config, data, progress=False)
     assert record["held_out_clips"] == 1 and 0 <= record["after"]["tag mAP"] <= 1
@@ -62,10 +62,8 @@ def test_pretraining_is_cached_checked_and_loaded(tiny_home, tiny_stage1, monkey
 
     monkeypatch.setattr(pretraining, "train_tagger", no_training)
     assert pretraining.pretrain_or_reuse(config, data, progress=False) == record  # reused
-    monkeypatch.setenv("SALSA_FORCE", "1")
     with pytest.raises(AssertionError, match="pretrained again"):  # --force redoes it
-        pretraining.pretrain_or_reuse(config, data, progress=False)
-    monkeypatch.delenv("SALSA_FORCE")
+        pretraining.pretrain_or_reuse(config, data, progress=False, force=True)
 
     from salsa_lib.encoders import build_passt
 

@@ -1,7 +1,6 @@
 """The papermill runner: parameters reach the notebooks, failures are named, current steps skip."""
 
 import json
-import os
 
 import nbformat
 import pandas as pd
@@ -14,9 +13,9 @@ from salsa_lib.errors import ConfigError
 TINY_DATA = PROFILES["tiny"].data
 
 
-def _notebook(path, body: str) -> None:
-    """A stand-in for 00_data: the real parameters cell, then ``body``."""
-    params = "\n".join(f"{k} = {v!r}" for k, v in TINY_DATA.to_params().items())
+def _notebook(path, body: str, params: dict | None = None) -> None:
+    """A stand-in notebook: a parameters cell (00_data's by default), then ``body``."""
+    params = "\n".join(f"{k} = {v!r}" for k, v in (params or TINY_DATA.to_params()).items())
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(body)]
@@ -81,11 +80,15 @@ def test_parameters_reach_the_notebook_and_current_steps_are_skipped(home, capsy
 
     assert runner.main(argv[:-2] + ["clip_seconds", "3"]) == 0  # changed parameter: rerun
     assert json.loads((results / "results/tiny/seen_params.json").read_text())["clip_seconds"] == 3.0
-    _notebook(notebooks / "00_data.ipynb", RECORD_PARAMS + "\nimport os; (out.parent / 'force.txt').write_text(os.environ.get('SALSA_FORCE', ''))")
+    # --force reruns every step and reaches the stages that reuse results as their ``force`` argument
+    _notebook(notebooks / "01_stage1.ipynb", "from salsa_lib import paths\n"
+              "(paths.results_dir(profile) / 'force.txt').write_text(repr(force))",
+              {**PROFILES["tiny"].stage1.to_params(), "force": False})
     assert runner.main(argv[:-2] + ["clip_seconds", "3", "--force"]) == 0
-    assert len(pd.read_csv(results / "results/tiny/run_log.csv")) == 3
-    assert (results / "results/tiny/force.txt").read_text() == "1"  # the kernel sees --force
-    assert "SALSA_FORCE" not in os.environ  # and it does not leak into the caller
+    assert list(pd.read_csv(results / "results/tiny/run_log.csv").notebook) == ["00_data"] * 3 + ["01_stage1"]
+    assert (results / "results/tiny/force.txt").read_text() == "True"
+    assert runner.main(argv[:-2] + ["clip_seconds", "3"]) == 0  # a forced run leaves the steps current
+    assert len(pd.read_csv(results / "results/tiny/run_log.csv")) == 4
 
 
 @pytest.mark.slow

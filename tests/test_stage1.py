@@ -8,19 +8,20 @@ import pandas as pd
 import pytest
 import torch
 
-from salsa_lib import datasets, stage1, training
+from salsa_lib import data_sources, runs, stage1, training
+from salsa_lib.checkpoints import load_member
 from salsa_lib.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
 
-def _train(config):
-    return stage1.train_members(config, datasets.load_data_config("test"), progress=False)
+def _train(config, force: bool = False):
+    return stage1.train_members(config, data_sources.load_data_config("test"), progress=False, force=force)
 
 
 def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
     table = _train(tiny_stage1)
-    folder = stage1.member_dir("test", 0)
+    folder = runs.member_dir("test", 0)
     record = json.loads((folder / "run.json").read_text())
     best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
@@ -31,14 +32,14 @@ def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
     assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
     assert list(table.columns[:3]) == ["member", "seed", "best_epoch"]
-    listed = json.loads((stage1.stage_dir("test") / "members.json").read_text())["members"]
+    listed = json.loads((runs.stage1_dir("test") / "members.json").read_text())["members"]
     assert listed == ["member0"]
     assert pd.read_csv(tiny_home / "results/test/tables/stage1_members.csv").shape[0] == 1
 
 
 def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tiny_stage1, monkeypatch):
     _train(tiny_stage1)
-    best = (stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+    best = (runs.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished member was trained again")
@@ -48,11 +49,10 @@ def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tin
     monkeypatch.undo()
     monkeypatch.setenv("SALSA_HOME", str(tiny_home))
     _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
-    previous = stage1.stage_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
+    previous = runs.stage1_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
     assert previous.read_bytes() == best
-    retrained = (stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
-    monkeypatch.setenv("SALSA_FORCE", "1")  # run_all.sh --force: same parameters, trained again
-    _train(tiny_stage1.replace(lr_text_projection=2e-3))
+    retrained = (runs.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+    _train(tiny_stage1.replace(lr_text_projection=2e-3), force=True)  # run_all.sh --force: same parameters, trained again
     assert previous.read_bytes() == retrained
 
 
@@ -68,7 +68,7 @@ def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1,
     monkeypatch.setattr(pl, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [*kw["callbacks"], _Crash()]}))
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train(config)
-    folder = stage1.member_dir("test", 0)
+    folder = runs.member_dir("test", 0)
     assert not (folder / "run.json").exists()
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(pl, "Trainer", real_trainer)
@@ -81,8 +81,8 @@ def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1,
 
 def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     _train(tiny_stage1)
-    best = stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt"
-    model, config = stage1.load_member(best)
+    best = runs.member_dir("test", 0) / "checkpoints" / "best.ckpt"
+    model, config = load_member(best)
     assert config.seed == tiny_stage1.seed and not model.training
     with torch.no_grad():
         embedding = model.embed_text(["a dog barks"])
@@ -90,7 +90,7 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
 
     with pytest.raises(ConfigError, match="does not exist"):
-        stage1.load_member(tmp_path / "missing.ckpt")
+        load_member(tmp_path / "missing.ckpt")
 
     state = torch.load(best, weights_only=True)
     state["state_dict"]["model.project_text.extra"] = torch.zeros(1)
@@ -98,19 +98,19 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     tampered = tmp_path / "tampered.ckpt"
     torch.save(state, tampered)
     with pytest.raises(ConfigError, match="project_audio.weight") as info:
-        stage1.load_member(tampered)
+        load_member(tampered)
     assert "project_text.extra" in str(info.value)
 
     malicious = tmp_path / "malicious.ckpt"
     malicious.write_bytes(pickle.dumps(_CodeRunner()))
     with pytest.raises(ConfigError, match="pickled objects"):
-        stage1.load_member(malicious)
+        load_member(malicious)
 
     resized = torch.load(best, weights_only=True)
     resized["state_dict"]["model.project_audio.weight"] = torch.zeros(3, 3)
     torch.save(resized, tmp_path / "resized.ckpt")
     with pytest.raises(ConfigError, match="does not fit.*project_audio.weight"):
-        stage1.load_member(tmp_path / "resized.ckpt")
+        load_member(tmp_path / "resized.ckpt")
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -126,7 +126,7 @@ def test_load_member_names_the_file_for_anything_else(tmp_path, content, expecte
     else:
         torch.save(torch.zeros(3) if content == "tensor" else content, path)
     with pytest.raises(ConfigError, match=expected) as info:
-        stage1.load_member(path)
+        load_member(path)
     assert "odd.ckpt" in str(info.value)
 
 
@@ -137,9 +137,9 @@ class _CodeRunner:
 
 def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
     _train(tiny_stage1)
-    data = datasets.load_data_config("test").replace(synthetic_seed=1)  # a different data set, same params
-    datasets.fetch(data, progress=False)
-    datasets.load_splits(data, progress=False)
-    datasets.save_data_config(data)
+    data = data_sources.load_data_config("test").replace(synthetic_seed=1)  # a different data set, same params
+    data_sources.fetch(data, progress=False)
+    data_sources.load_splits(data, progress=False)
+    data_sources.save_data_config(data)
     _train(tiny_stage1)
-    assert (stage1.stage_dir("test") / ".previous" / "member0" / "run.json").exists()
+    assert (runs.stage1_dir("test") / ".previous" / "member0" / "run.json").exists()

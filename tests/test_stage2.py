@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from salsa_lib import correspondences, datasets, stage1, stage2
+from salsa_lib import correspondences, data_sources, runs, stage1, stage2
+from salsa_lib.checkpoints import load_member
 from salsa_lib.config import Stage2Config
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
@@ -20,9 +21,9 @@ STAGE2 = dict(profile="test", batch_size=10, eval_batch_size=4, epochs=1, warmup
 
 @pytest.fixture
 def trained(tiny_home, tiny_stage1):
-    data = datasets.load_data_config("test")
+    data = data_sources.load_data_config("test")
     stage1.train_members(tiny_stage1.replace(members=2), data, progress=False)
-    train = datasets.load_splits(data, ("train",), progress=False)["train"]
+    train = data_sources.load_splits(data, ("train",), progress=False)["train"]
     return data, train
 
 
@@ -40,9 +41,9 @@ def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypat
     [record] = stage2.train(config, data, progress=False)
     assert record["run"]["teacher_members"] == ["member0", "member1"]
     assert record["run"]["init_checkpoint"] == file_digest(
-        stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt")
+        runs.member_dir("test", 0) / "checkpoints" / "best.ckpt")
     [run] = stage2.planned_runs(config)
-    student, student_config = stage1.load_member(stage2.run_dir("test", run) / "checkpoints" / "best.ckpt")
+    student, student_config = load_member(stage2.run_dir("test", run) / "checkpoints" / "best.ckpt")
     assert student_config.seed == config.seed and student_config.passt_width == 64  # architecture from stage 1
     table = stage2.comparison_table(config)
     assert list(table.stage) == [1, 1, 2] and table["mAP@10"].between(0, 1).all()
@@ -98,7 +99,7 @@ def test_truth_targets_match_a_brute_force_construction():
 
 def test_truth_teacher_in_the_module(trained):
     data, train = trained
-    run = json.loads((stage1.member_dir("test", 0) / "run.json").read_text())["run"]
+    run = json.loads((runs.member_dir("test", 0) / "run.json").read_text())["run"]
     params = {k: v for k, v in run.items() if k != "data"}
     truth = torch.rand(train.n_clips, train.n_captions) < 0.2
     module = stage2.DistillationModule(params, 4, params, None, None, sup_weight=0.0, distill_weight=1.0, truth=truth)
@@ -112,9 +113,9 @@ def test_distillation_module_loss_uses_the_batch_items_teachers(trained):
     data, train = trained
     correspondences.embed_members("test", train, batch_size=8)
     payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train)
-                for f in correspondences.member_folders("test")]
+                for f in runs.member_folders("test")]
     audio, captions = correspondences.stack_teachers(payloads)
-    run = json.loads((stage1.member_dir("test", 0) / "run.json").read_text())["run"]
+    run = json.loads((runs.member_dir("test", 0) / "run.json").read_text())["run"]
     params = {k: v for k, v in run.items() if k != "data"}
     module = stage2.DistillationModule(params, 4, params, audio, captions, sup_weight=0.5, distill_weight=1.0)
     batch = {"audio_idx": torch.tensor([3, 0, 3, 7]), "idx": torch.tensor([15, 2, 19, 36])}

@@ -6,20 +6,25 @@ Three sources, one layout, one loader: the generated synthetic benchmark (tiny p
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from salsa_lib import paths
+from salsa_lib import metrics, paths, synth
+from salsa_lib.clotho import clotho_status, download_clotho
 from salsa_lib.config import DATASETS, DataConfig
-from salsa_lib.data import ClothoSplit, load_split, preprocess_caption
-from salsa_lib.errors import DataError
+from salsa_lib.errors import DataError, SalsaError
+from salsa_lib.fake_clotho import install_fake_clotho
+from salsa_lib.files import atomic_write_json
+from salsa_lib.splits import SPLIT_FOLDERS, ClothoSplit, load_split, preprocess_caption
 
-# the project's split names -> ClothoV2's
-SPLITS = {"train": "development", "val": "validation", "test": "evaluation"}
+SPLITS = SPLIT_FOLDERS  # the project's split names (train, val, test) -> ClothoV2's folder names
 
 
 @dataclass(frozen=True)
@@ -43,15 +48,11 @@ def fetch(config: DataConfig, progress: bool = True) -> DatasetLocation:
     """Generate or download the data set if it is not complete yet (a no-op when it is)."""
     location = locate(config)
     if config.dataset == "synthetic":
-        from salsa_lib.synth import generate_synthetic_clotho
-
         counts = {SPLITS["train"]: config.n_train_clips, SPLITS["val"]: config.n_val_clips,
                   SPLITS["test"]: config.n_test_clips}
-        generate_synthetic_clotho(location.root, n_clips=counts, clip_seconds=config.clip_seconds,
+        synth.generate_synthetic_clotho(location.root, n_clips=counts, clip_seconds=config.clip_seconds,
                                   sample_rate=config.source_sample_rate, seed=config.synthetic_seed, progress=progress)
     elif config.dataset == "clotho":
-        from salsa_lib.clotho import clotho_status, download_clotho
-
         if config.download:
             download_clotho(location.root, progress=progress)
         else:
@@ -60,8 +61,6 @@ def fetch(config: DataConfig, progress: bool = True) -> DatasetLocation:
                 raise DataError(f"ClothoV2 is incomplete under {location.root} ({sorted(incomplete)}) "
                                 "and download=False; set download=True or place the files by hand")
     elif config.dataset == "fake-clotho":
-        from salsa_lib.fake_clotho import install_fake_clotho
-
         counts = {SPLITS["train"]: config.n_train_clips, SPLITS["val"]: config.n_val_clips,
                   SPLITS["test"]: config.n_test_clips}
         install_fake_clotho(location.root, counts, seed=config.synthetic_seed)
@@ -99,22 +98,44 @@ def split_statistics(splits: dict[str, ClothoSplit]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_truth(config: DataConfig, split: str):
+    """The true correspondences (clips x captions) of ``split`` (train, val, test) on the synthetic set;
+    None for data sets whose truth is unknown (ClothoV2, your own)."""
+    if config.dataset != "synthetic":
+        return None
+    return synth.load_truth(locate(config).root, SPLITS[split])
+
+
+def truth_and_chance(config: DataConfig, splits) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """On the synthetic set: per split, how ambiguous the captions are and the chance levels of the
+    retrieval metrics (one row per split), and the true matches of every caption (one row per caption)."""
+    if config.dataset != "synthetic":
+        return None
+    rows, matches_long = [], []
+    for name in splits:
+        stats = synth.truth_statistics(load_truth(config, name))
+        matches = stats["matches_per_caption"]  # clips each caption truly describes
+        matches_long.append(pd.DataFrame({"split": name, "true_matches": matches.astype(int)}))
+        rows.append({"split": name, "clips": stats["n_clips"], "captions": stats["n_captions"],
+                     "median_true_matches": stats["median_matches"],
+                     "captions_matching_only_their_clip": stats["fraction_matching_one"],
+                     "chance_mAP@10": metrics.chance_map_at_k(stats["n_clips"]),
+                     "chance_multi_mAP@10": metrics.chance_multi_map_at_k(matches, stats["n_clips"])})
+    return pd.DataFrame(rows), pd.concat(matches_long, ignore_index=True)
+
+
 def data_config_path(profile: str) -> Path:
     return paths.results_dir(profile) / "data" / "data_config.json"
 
 
 def save_data_config(config: DataConfig) -> Path:
     """Record which data set notebook 00 prepared, so later stages read the same one."""
-    from salsa_lib.files import atomic_write_json
-
     path = data_config_path(config.profile)
     atomic_write_json(path, config.to_params())
     return path
 
 
 def load_data_config(profile: str) -> DataConfig:
-    import json
-
     path = data_config_path(profile)
     if not path.exists():
         raise DataError(f"{path} is missing: run notebook 00 for profile {profile!r} first "
@@ -128,12 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     Exit 1 with a message naming the file and CSV line on bad input (or, with --skip-bad-clips, a
     report of what was left out); a cache that was already built is never replaced by a broken one.
     """
-    import argparse
-    import sys
-
-    from salsa_lib.errors import SalsaError
-
-    parser = argparse.ArgumentParser(prog="python -m salsa_lib.datasets", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m salsa_lib.data_sources", description=main.__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="custom", choices=sorted(DATASETS),
                         help="custom (default: a folder of yours in the ClothoV2 layout), synthetic or clotho")
     parser.add_argument("--data-root", default="", help="the ClothoV2-layout folder (required for custom)")

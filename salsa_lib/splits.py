@@ -28,10 +28,18 @@ from salsa_lib.audio import SAMPLE_RATE, AudioCache, build_audio_cache, crop_or_
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_write_csv
 
-CAPTION_COLUMNS = [f"caption_{k}" for k in range(1, 6)]
+CAPTIONS_PER_CLIP = 5  # ClothoV2: every clip has five captions, stored clip-major (caption j -> clip j // 5)
+CAPTION_COLUMNS = [f"caption_{k}" for k in range(1, CAPTIONS_PER_CLIP + 1)]
+# the three splits by their role -> their ClothoV2 folder and CSV names
+SPLIT_FOLDERS = {"train": "development", "val": "validation", "test": "evaluation"}
 REQUIRED_COLUMNS = ["file_name", *CAPTION_COLUMNS]
 SKIPPED_COLUMNS = ["file_name", "csv_row", "reason"]
 _STRIP_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def caption_clips(n_clips: int) -> np.ndarray:
+    """The clip each caption of a split was written for: 0, 0, 0, 0, 0, 1, ... (clip-major order)."""
+    return np.repeat(np.arange(n_clips), CAPTIONS_PER_CLIP)
 
 
 def preprocess_caption(text: str) -> str:
@@ -156,7 +164,7 @@ class ClothoSplit:
 
     def caption(self, i: int) -> str:
         """Raw caption of flat item ``i`` (clip-major: clip i // 5, caption i % 5)."""
-        return self.captions[i // 5][i % 5]
+        return self.captions[i // CAPTIONS_PER_CLIP][i % CAPTIONS_PER_CLIP]
 
     def durations(self) -> np.ndarray:
         return np.asarray(self.audio.lengths, dtype=np.float64) / self.audio.sample_rate
@@ -230,7 +238,6 @@ class AudioCaptionDataset(Dataset):
         self.split, self.train, self.seed, self.epoch = split, bool(train), int(seed), 0
         self.n_samples = int(round(seconds * split.audio.sample_rate))
         self.captions = [preprocess_caption(c) for clip in split.captions for c in clip]
-        self.per_clip = len(CAPTION_COLUMNS)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -241,7 +248,7 @@ class AudioCaptionDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} out of range for {len(self)} items")
-        audio_idx = i // self.per_clip
+        audio_idx = i // CAPTIONS_PER_CLIP
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         wave, audio_length = crop_or_pad(self.split.audio[audio_idx], self.n_samples, rng)
         return {"audio": torch.from_numpy(wave), "audio_length": float(audio_length),

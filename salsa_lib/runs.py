@@ -1,0 +1,94 @@
+"""The one registry of trained runs of a profile: where each lives and what it is.
+
+Stage 1 writes ``results/<profile>/stage1/member<k>/`` and lists them in ``members.json``; stage 2
+writes one folder per run under ``results/<profile>/stage2/``, each with a ``run.json`` record. Stage
+2 (its teachers and initial members), evaluation (every model, best and last weights), the verdict
+and the demo all find runs here, so none of them imports another stage to learn a folder name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from salsa_lib import paths
+from salsa_lib.errors import ConfigError
+
+MEMBERS_LISTING = "members.json"
+RECORD = "run.json"  # every training run's record: its parameters, data fingerprints, metrics
+# which weights of a training run are scored, and how metrics.csv names them
+WEIGHTS = {"best": "best val mAP@10 (our model selection)",
+           "last": "last epoch (what the original's test numbers used; spec 12 item 8)"}
+
+
+def stage1_dir(profile: str) -> Path:
+    return paths.results_dir(profile) / "stage1"
+
+
+def member_dir(profile: str, member: int) -> Path:
+    return stage1_dir(profile) / f"member{member}"
+
+
+def stage2_dir(profile: str) -> Path:
+    return paths.results_dir(profile) / "stage2"
+
+
+def checkpoint(folder: Path, weights: str = "best") -> Path:
+    return Path(folder) / "checkpoints" / f"{weights}.ckpt"
+
+
+def member_folders(profile: str, names: list[str] | None = None) -> list[Path]:
+    """The stage-1 members listed in members.json (or ``names`` of them); a missing one is an error."""
+    listing = stage1_dir(profile) / MEMBERS_LISTING
+    if not listing.exists():
+        raise ConfigError(f"{listing} is missing: train stage 1 first (notebook 01)")
+    listed = json.loads(listing.read_text())["members"]
+    chosen = listed if names is None else names
+    if not chosen:
+        raise ConfigError("the teacher list is empty: name at least one stage-1 member")
+    folders = [stage1_dir(profile) / name for name in chosen]
+    missing = [f.name for f in folders if f.name not in listed or not checkpoint(f).exists()]
+    if missing:
+        raise ConfigError(f"stage-1 member(s) {missing} not found under {stage1_dir(profile)} "
+                          f"(trained members: {listed})")
+    return folders
+
+
+def trained_models(profile: str, weights: tuple[str, ...] = ("best",)) -> list[dict]:
+    """Every trained model of the profile (stage-1 members, then stage-2 runs), once per kind of
+    ``weights``: stage, model (folder name), teachers, loss weights, seed, weights and checkpoint."""
+    runs = []
+    listing = stage1_dir(profile) / MEMBERS_LISTING
+    for name in json.loads(listing.read_text())["members"] if listing.exists() else []:
+        run = json.loads((stage1_dir(profile) / name / RECORD).read_text())["run"]
+        runs.append(({"stage": 1, "model": name, "teachers": "", "sup_weight": 1.0, "distill_weight": 0.0,
+                      "seed": run["seed"]}, stage1_dir(profile) / name))
+    for record in sorted(stage2_dir(profile).glob(f"*/{RECORD}")):
+        run = json.loads(record.read_text())["run"]
+        runs.append(({"stage": 2, "model": record.parent.name, "teachers": "+".join(run["teacher_members"]),
+                      "sup_weight": run["sup_weight"], "distill_weight": run["distill_weight"],
+                      "seed": run["seed"]}, record.parent))
+    models = []
+    for entry, folder in runs:
+        for kind in weights:
+            path = checkpoint(folder, kind)
+            if not path.exists():  # never a silent shrink of the table
+                raise ConfigError(f"{path} is missing: {entry['model']} has not finished training "
+                                  f"(rerun notebook 0{entry['stage']})")
+            models.append({**entry, "weights": kind, "checkpoint": path})
+    return models
+
+
+def released_model(path: str | Path) -> dict:
+    """The authors' released checkpoint as an entry of the same shape as ``trained_models``'."""
+    return {"stage": "released", "model": Path(path).name, "teachers": "", "sup_weight": None,
+            "distill_weight": None, "seed": None, "weights": "released", "checkpoint": Path(path)}
+
+
+def stage2_teacher_kinds(folder: Path) -> dict[str, tuple[str, int]]:
+    """Stage-2 model folder name -> (teacher kind, initial member), from each run record under ``folder``."""
+    out = {}
+    for record in sorted(Path(folder).glob(f"*/{RECORD}")):
+        run = json.loads(record.read_text())["run"]
+        out[record.parent.name] = (run["teachers"], run["init_member"])
+    return out
