@@ -18,6 +18,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from torchaudio.compliance.kaldi import get_mel_banks
 
+from salsa_lib.config import MODEL_SAMPLE_RATE
 from salsa_lib.data import preprocess_caption
 from salsa_lib.errors import ConfigError, DownloadError
 
@@ -36,7 +37,7 @@ def mel_frontend() -> nn.Module:
     from hear21passt.models.preprocess import AugmentMelSTFT
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about fmax
-        return AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=HOP, n_fft=1024,
+        return AugmentMelSTFT(n_mels=128, sr=MODEL_SAMPLE_RATE, win_length=800, hopsize=HOP, n_fft=1024,
                               freqm=0, timem=0, fmin=0.0, fmax=None, fmin_aug_range=10, fmax_aug_range=2000)
 
 
@@ -46,7 +47,7 @@ def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int =
     import hear21passt.models.passt as passt_module
 
     passt_module.first_RUN = False  # otherwise forward_features prints tensor shapes on every call
-    frames = int(round(window_seconds * 32000 / HOP))
+    frames = int(round(window_seconds * MODEL_SAMPLE_RATE / HOP))
     if arch == PAPER_PASST:
         from hear21passt.models.passt import get_model
 
@@ -80,7 +81,7 @@ class AudioEncoder(nn.Module):
         for head in (passt.head, passt.head_dist):
             if head is not None:
                 head.requires_grad_(False)
-        self.window_samples = int(round(window_seconds * 32000))
+        self.window_samples = int(round(window_seconds * MODEL_SAMPLE_RATE))
         self.dim = passt.embed_dim
 
     @torch.no_grad()  # the front end is fixed; no gradients needed (spec 3.2)
