@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -185,7 +185,7 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict]) -> dict:
 
     Finished with the same ``run`` parameters: reused (unless ``run_all.sh --force``). Interrupted
     with the same parameters: ``train`` resumes from ``last.ckpt``. Anything else already there is
-    moved to ``<stage>/.previous/`` (never silently overwritten) and trained anew.
+    moved to ``<stage>/.previous/<name>-<n>`` (numbered; no earlier copy is ever deleted) and trained anew.
     """
     record_path = folder / RECORD
     if record_path.exists():
@@ -269,7 +269,11 @@ def best_epoch_metrics(folder: Path) -> dict:
 
 
 def _move_aside(folder: Path) -> None:
-    previous = folder.parent / ".previous" / folder.name
-    shutil.rmtree(previous, ignore_errors=True)
-    previous.parent.mkdir(parents=True, exist_ok=True)
-    folder.rename(previous)
+    """Move a run to ``<stage>/.previous/<name>-<n>``, n one past the highest there, so the newest copy
+    has the highest number and no earlier copy is replaced."""
+    previous = folder.parent / ".previous"
+    previous.mkdir(parents=True, exist_ok=True)
+    numbered = re.compile(re.escape(folder.name) + r"-(\d+)")
+    taken = [int(match[1]) for entry in previous.iterdir() if (match := numbered.fullmatch(entry.name))]
+    target = previous / f"{folder.name}-{max(taken, default=0) + 1}"
+    folder.rename(target)

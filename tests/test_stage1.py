@@ -48,12 +48,13 @@ def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tin
     monkeypatch.undo()
     monkeypatch.setenv("SALSA_HOME", str(tiny_home))
     _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
-    previous = stage1.stage_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
-    assert previous.read_bytes() == best
+    previous = stage1.stage_dir("test") / ".previous"
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best
     retrained = (stage1.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
     monkeypatch.setenv("SALSA_FORCE", "1")  # run_all.sh --force: same parameters, trained again
     _train(tiny_stage1.replace(lr_text_projection=2e-3))
-    assert previous.read_bytes() == retrained
+    assert (previous / "member0-2" / "checkpoints" / "best.ckpt").read_bytes() == retrained
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best  # still kept
 
 
 class _Crash(pl.Callback):
@@ -142,4 +143,4 @@ def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
     datasets.load_splits(data, progress=False)
     datasets.save_data_config(data)
     _train(tiny_stage1)
-    assert (stage1.stage_dir("test") / ".previous" / "member0" / "run.json").exists()
+    assert (stage1.stage_dir("test") / ".previous" / "member0-1" / "run.json").exists()
