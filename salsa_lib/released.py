@@ -89,15 +89,6 @@ def _check_mel_buffers(mel: Mapping[str, torch.Tensor]) -> None:
                               f"{tuple(reference.shape)}: the checkpoint used other spectrogram settings")
 
 
-def map_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The released weights under our module names; ConfigError lists keys it does not recognise."""
-    weights, _, unknown, mel = _translate(state_dict)
-    if unknown:
-        raise ConfigError(f"unrecognised key(s) in the released state dict: {unknown}")
-    _check_mel_buffers(mel)
-    return weights
-
-
 def _released_name(ours: str) -> str:
     return next((theirs + ours[len(mine):] for theirs, mine in RENAMES if ours.startswith(mine)), ours)
 
@@ -195,14 +186,6 @@ def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_
     _check_fit(model, weights, origin, unknown, path)
     model.load_state_dict(weights, strict=False)  # strict=False: only the optional heads may be absent
     return model.eval()
-
-
-def released_hyperparameters(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """The authors' stored training config, for display beside our RELEASED_CONFIG."""
-    hyper_parameters = _read(path, trust_pickle).get("hyper_parameters") or {}
-    if isinstance(hyper_parameters, Mapping):
-        return dict(hyper_parameters)
-    return dict(getattr(hyper_parameters, "__dict__", {"hyper_parameters": hyper_parameters}))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -259,8 +259,3 @@ def search(index: AudioIndex, model, model_id: str, query: str, top_k: int = 5, 
     response = index.search_embedding(vector, top_k, backend, per_file)
     response.notes.extend(notes)
     return response
-
-
-def search_embedding(index: AudioIndex, query_vector, top_k: int = 5, backend: str | None = None,
-                     per_file: bool = True) -> SearchResponse:
-    return index.search_embedding(query_vector, top_k, backend, per_file)
