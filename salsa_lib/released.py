@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from salsa_lib.config import PROFILES
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.paths import data_dir
 
 # The paper's architecture; no pretrained PaSST download, since every weight comes from the checkpoint.
@@ -131,22 +131,26 @@ def _safe_load(path: Path) -> tuple[Any, list[str]]:
 
 
 def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
-    """torch.load, safe by default: weights_only with inert stand-ins, so no code hidden in the pickle runs."""
+    """torch.load, safe by default: weights_only with inert stand-ins, so no code hidden in the pickle runs.
+
+    A missing or broken file is a DataError; pickled objects are a ConfigError, since a setting
+    (trust_released_pickle) loads them.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
+        raise DataError(
             f"released checkpoint {path} does not exist: download passt_roberta.ckpt from the SALSA "
             f"authors' release (the download instructions in their README) and place it at "
             f"data/checkpoints/passt_roberta.ckpt (here: {default_checkpoint_path()})")
     if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives
-        raise ConfigError(f"{path} is not a PyTorch checkpoint (not a zip archive); is the download complete?")
+        raise DataError(f"{path} is not a PyTorch checkpoint (not a zip archive); is the download complete?")
     try:
         if trust_pickle:
             checkpoint, stand_ins = torch.load(path, map_location="cpu", weights_only=False, mmap=True), []
         else:
             checkpoint, stand_ins = _safe_load(path)
     except (RuntimeError, EOFError) as err:
-        raise ConfigError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
+        raise DataError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), "")
         raise ConfigError(
@@ -155,7 +159,7 @@ def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
             "source you trust (the authors' release), pass -p trust_released_pickle true to notebook 04 "
             "(trust_pickle=True in Python) to load it with weights_only=False.") from err
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ConfigError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+        raise DataError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return {**checkpoint, "stand_ins": stand_ins}
 
 

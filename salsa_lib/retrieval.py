@@ -49,7 +49,7 @@ def model_id_of(checkpoint) -> str:
 
 def load_search_model(checkpoint, device: str = "cpu"):
     """(model, Stage1Config, model_id) for any stage-1 or stage-2 checkpoint of this project."""
-    model, config = load_member(checkpoint)  # every way a file can be unfit is a ConfigError there
+    model, config = load_member(checkpoint)  # every way a file can be unfit is a DataError there
     return model.to(device), config, model_id_of(checkpoint)
 
 

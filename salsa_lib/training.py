@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from salsa_lib import paths, reports
 from salsa_lib.config import Stage1Config
 from salsa_lib.data import AudioCaptionDataset, ClipDataset, ClothoSplit
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import DataError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
@@ -257,7 +257,8 @@ def epoch_metrics(folder: Path) -> pd.DataFrame:
             columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
             frames.append(log.groupby("epoch")[columns].max().dropna(how="all").reset_index())
     if not frames:
-        raise ConfigError(f"no training log under {folder / 'logs'}: has this run trained?")
+        # DataError: the run's files are missing; no setting would make them appear
+        raise DataError(f"no training log under {folder / 'logs'}: has this run trained?")
     return pd.concat(frames).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.released import RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters, load_released_checkpoint
 
@@ -195,13 +195,13 @@ def test_hyperparameters_inside_a_pickled_container_are_compared(tmp_path, relea
 
 def test_missing_and_broken_files(tmp_path):
     missing = tmp_path / "checkpoints" / "passt_roberta.ckpt"
-    with pytest.raises(ConfigError, match="data/checkpoints/passt_roberta.ckpt") as err:
+    with pytest.raises(DataError, match="data/checkpoints/passt_roberta.ckpt") as err:
         load_released_checkpoint(missing, TINY)
     assert str(missing) in str(err.value)
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"<html>not found</html>")
-    with pytest.raises(ConfigError, match="not a PyTorch checkpoint"):
+    with pytest.raises(DataError, match="not a PyTorch checkpoint"):
         load_released_checkpoint(broken, TINY)
     torch.save({"weights": {}}, tmp_path / "plain.pt")
-    with pytest.raises(ConfigError, match="state_dict"):
+    with pytest.raises(DataError, match="state_dict"):
         check_hyperparameters(tmp_path / "plain.pt")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salsa_lib import datasets, stage1, training
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import DataError
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     assert embedding.shape == (1, tiny_stage1.embed_dim)
     assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
 
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         stage1.load_member(tmp_path / "missing.ckpt")
 
     state = torch.load(best, weights_only=True)
@@ -98,19 +98,19 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     del state["state_dict"]["model.project_audio.weight"]
     tampered = tmp_path / "tampered.ckpt"
     torch.save(state, tampered)
-    with pytest.raises(ConfigError, match="project_audio.weight") as info:
+    with pytest.raises(DataError, match="project_audio.weight") as info:
         stage1.load_member(tampered)
     assert "project_text.extra" in str(info.value)
 
     malicious = tmp_path / "malicious.ckpt"
     malicious.write_bytes(pickle.dumps(_CodeRunner()))
-    with pytest.raises(ConfigError, match="pickled objects"):
+    with pytest.raises(DataError, match="pickled objects"):
         stage1.load_member(malicious)
 
     resized = torch.load(best, weights_only=True)
     resized["state_dict"]["model.project_audio.weight"] = torch.zeros(3, 3)
     torch.save(resized, tmp_path / "resized.ckpt")
-    with pytest.raises(ConfigError, match="does not fit.*project_audio.weight"):
+    with pytest.raises(DataError, match="does not fit.*project_audio.weight"):
         stage1.load_member(tmp_path / "resized.ckpt")
 
 
@@ -126,7 +126,7 @@ def test_load_member_names_the_file_for_anything_else(tmp_path, content, expecte
         path.write_bytes(content)
     else:
         torch.save(torch.zeros(3) if content == "tensor" else content, path)
-    with pytest.raises(ConfigError, match=expected) as info:
+    with pytest.raises(DataError, match=expected) as info:
         stage1.load_member(path)
     assert "odd.ckpt" in str(info.value)
 

@@ -6,7 +6,7 @@ import pytest
 
 from salsa_lib import training
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.training import learning_rate
 
 PAPER = Stage1Config(epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, min_lr=1e-7)
@@ -81,3 +81,7 @@ def test_runs_set_aside_are_never_deleted(tmp_path, monkeypatch):
     assert [(previous / f"member0-{n}" / "checkpoints" / "best.ckpt").read_text() for n in (1, 2)] == ["run 0", "run 1"]
     assert (folder / "checkpoints" / "best.ckpt").read_text() == "run 2"
 
+
+def test_missing_training_log_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no training log"):
+        training.epoch_metrics(tmp_path / "member0")
