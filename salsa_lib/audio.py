@@ -36,10 +36,10 @@ import soundfile as sf
 from librosa.util.exceptions import ParameterError
 from tqdm.auto import tqdm
 
+from salsa_lib.config import MODEL_SAMPLE_RATE as SAMPLE_RATE  # clips are decoded at the models' rate
 from salsa_lib.errors import DataError
 from salsa_lib.files import atomic_path, atomic_write_json, file_digest
 
-SAMPLE_RATE = 32000
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 SCALE = 32767

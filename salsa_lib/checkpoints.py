@@ -3,6 +3,8 @@
 A checkpoint of this project holds ``hyper_parameters.params`` (the Stage1Config fields) and a
 ``state_dict`` whose keys carry Lightning's ``model.`` prefix; the DualEncoder is rebuilt from the
 parameters and the weights loaded strictly, with ``torch.load(weights_only=True)`` (no pickled code).
+A file that is missing, unreadable or not a fitting checkpoint raises DataError (the file is wrong,
+not a setting); saved parameters that are unknown or ill-typed raise ``from_params``' ConfigError.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError, DataError
+from salsa_lib.errors import DataError
 from salsa_lib.model import build_dual_encoder
 
 
@@ -31,32 +33,33 @@ def load_member(checkpoint: str | Path):
     """The DualEncoder stored in a checkpoint, rebuilt from the parameters saved with it."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
-        raise ConfigError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
+        raise DataError(f"checkpoint {checkpoint} does not exist (train stage 1 first: notebook 01)")
     try:
         state = _safe_load(checkpoint)
     except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost any type
         if "Weights only load failed" in str(err):  # pickled objects, code included, are refused
-            raise ConfigError(f"{checkpoint} contains pickled objects that a safe load refuses; "
-                              "it is not a checkpoint of this project") from err
+            # DataError, not ConfigError: unlike the released checkpoint, no setting makes it loadable
+            raise DataError(f"{checkpoint} contains pickled objects that a safe load refuses; "
+                            "it is not a checkpoint of this project") from err
         detail = (str(err).strip().splitlines() or [""])[0][:120]
-        raise ConfigError(f"{checkpoint} is not a readable checkpoint ({type(err).__name__}: {detail})") from err
+        raise DataError(f"{checkpoint} is not a readable checkpoint ({type(err).__name__}: {detail})") from err
     if not isinstance(state, dict):
-        raise ConfigError(f"{checkpoint} holds a {type(state).__name__}, not a checkpoint of this project")
+        raise DataError(f"{checkpoint} holds a {type(state).__name__}, not a checkpoint of this project")
     try:
         config = Stage1Config.from_params(state["hyper_parameters"]["params"])
         weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     except (KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"{checkpoint} is not a checkpoint of this project (no saved parameters "
-                          "and weights)") from err
+        raise DataError(f"{checkpoint} is not a checkpoint of this project (no saved parameters "
+                        "and weights)") from err
     model = build_dual_encoder(config)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # a tensor of the wrong shape
-        raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
-                          f"{str(err).splitlines()[-1].strip()[:200]}") from err
+        raise DataError(f"{checkpoint} does not fit the model its parameters describe: "
+                        f"{str(err).splitlines()[-1].strip()[:200]}") from err
     if missing or unexpected:
-        raise ConfigError(f"{checkpoint} does not fit the model its parameters describe: "
-                          f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
+        raise DataError(f"{checkpoint} does not fit the model its parameters describe: "
+                        f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
     return model.eval(), config
 
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from salsa_lib.errors import ConfigError
 
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+# the rate every model consumes (spec 2.2): PaSST's mel front end and pretrained weights are built for it
+MODEL_SAMPLE_RATE = 32000
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class DataConfig(StageConfig):
     n_test_clips: int = 100
     clip_seconds: float = 5.0  # synthetic only: clip duration
     source_sample_rate: int = 44100  # synthetic only: written like Clotho so resampling is exercised
-    sample_rate: int = 32000  # every model consumes 32 kHz mono (spec 2.2)
+    sample_rate: int = MODEL_SAMPLE_RATE  # every model consumes 32 kHz mono (spec 2.2)
     skip_bad_clips: bool = False  # True: leave unreadable clips out and write a report instead of failing
     download: bool = True  # clotho only: fetch missing files (False: only use what is on disk)
     n_examples: int = 3  # clips shown with players and spectrograms
@@ -121,9 +123,13 @@ class DataConfig(StageConfig):
             raise ConfigError(f"dataset={self.dataset!r}; choose one of {sorted(DATASETS)}")
         if self.dataset == "custom" and not self.data_root:
             raise ConfigError("dataset='custom' needs data_root (a folder in the ClothoV2 layout)")
-        for name in ("n_train_clips", "n_val_clips", "n_test_clips", "sample_rate", "source_sample_rate"):
+        for name in ("n_train_clips", "n_val_clips", "n_test_clips", "source_sample_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.sample_rate != MODEL_SAMPLE_RATE:
+            raise ConfigError(f"sample_rate={self.sample_rate}: the models take {MODEL_SAMPLE_RATE} Hz only "
+                              f"(PaSST's mel front end and pretrained weights expect {MODEL_SAMPLE_RATE} Hz); "
+                              f"leave sample_rate at {MODEL_SAMPLE_RATE}")
         if self.clip_seconds <= 0:
             raise ConfigError(f"clip_seconds must be positive, got {self.clip_seconds}")
 

@@ -18,6 +18,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from torchaudio.compliance.kaldi import get_mel_banks
 
+from salsa_lib.config import MODEL_SAMPLE_RATE
 from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import ConfigError, DownloadError
 
@@ -36,7 +37,7 @@ def mel_frontend() -> nn.Module:
     from hear21passt.models.preprocess import AugmentMelSTFT
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about fmax
-        return AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=HOP, n_fft=1024,
+        return AugmentMelSTFT(n_mels=128, sr=MODEL_SAMPLE_RATE, win_length=800, hopsize=HOP, n_fft=1024,
                               freqm=0, timem=0, fmin=0.0, fmax=None, fmin_aug_range=10, fmax_aug_range=2000)
 
 
@@ -46,7 +47,7 @@ def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int =
     import hear21passt.models.passt as passt_module
 
     passt_module.first_RUN = False  # otherwise forward_features prints tensor shapes on every call
-    frames = int(round(window_seconds * 32000 / HOP))
+    frames = int(round(window_seconds * MODEL_SAMPLE_RATE / HOP))
     if arch == PAPER_PASST:
         from hear21passt.models.passt import get_model
 
@@ -80,7 +81,7 @@ class AudioEncoder(nn.Module):
         for head in (passt.head, passt.head_dist):
             if head is not None:
                 head.requires_grad_(False)
-        self.window_samples = int(round(window_seconds * 32000))
+        self.window_samples = int(round(window_seconds * MODEL_SAMPLE_RATE))
         self.dim = passt.embed_dim
 
     @torch.no_grad()  # the front end is fixed; no gradients needed (spec 3.2)
@@ -144,6 +145,36 @@ def _random_roberta_large(tokenizer_folder: str, dropout: float):
     return config, tokenizer, AutoModel.from_config(config, add_pooling_layer=False)
 
 
+def _has_bert_layout(model: nn.Module) -> bool:
+    return hasattr(model, "embeddings") and isinstance(getattr(getattr(model, "encoder", None), "layer", None),
+                                                       nn.ModuleList)
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-family text encoder (BERT, RoBERTa, MiniLM: ``encoder.layer``).
+
+    Freezing the bottom layers and ``frozen_states`` run the layers one by one with that family's
+    embeddings and call signature, so other families (GPT-2, DistilBERT, T5, ...) are refused by name.
+    """
+    if not _has_bert_layout(model):
+        raise ConfigError(f"text_trainable_layers >= 0 trains only the top layers, which needs a BERT-family "
+                          f"text encoder (BERT, RoBERTa, MiniLM: model.encoder.layer); {type(model).__name__} "
+                          "has another layout. Set text_trainable_layers=-1 to train all of it.")
+    return model.encoder.layer
+
+
+def _without_pooler(config) -> dict:
+    """``add_pooling_layer=False`` where the model class takes it (the first-token embedding never uses
+    the pooler); other families have no pooler and refuse the argument."""
+    import inspect
+
+    from transformers import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING.get(type(config), None)
+    takes_it = model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if takes_it else {}
+
+
 class TextEncoder(nn.Module):
     """Captions -> first-token embedding of a transformers encoder's last layer."""
 
@@ -172,7 +203,7 @@ class TextEncoder(nn.Module):
                                                 attention_probs_dropout_prob=dropout)
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
             self.model = AutoModel.from_pretrained(source, config=config, local_files_only=local,
-                                                   add_pooling_layer=False)
+                                                   **_without_pooler(config))
         except OSError as err:
             raise ConfigError(f"text encoder {name!r} could not be loaded ({err}); give a transformers "
                               f"model name (network needed once) or a local folder") from err
@@ -182,7 +213,7 @@ class TextEncoder(nn.Module):
         """Train only the top ``trainable_layers`` transformer layers (-1: all, as in the paper)."""
         if trainable_layers < 0:
             return
-        layers = self.model.encoder.layer
+        layers = transformer_layers(self.model)
         if trainable_layers > len(layers):
             raise ConfigError(f"trainable_layers={trainable_layers} but the text encoder has {len(layers)}")
         for module in [self.model.embeddings, *layers[: len(layers) - trainable_layers]]:
@@ -190,15 +221,24 @@ class TextEncoder(nn.Module):
 
     @property
     def bottom_frozen(self) -> bool:
-        """Whether ``frozen_states`` may stand in for the bottom of the model (its embeddings do not train)."""
+        """Whether ``frozen_states`` may stand in for the bottom of the model (its embeddings do not train).
+
+        Only a layout that ``transformer_layers`` knows can be frozen, so any other model answers False.
+        """
+        if not _has_bert_layout(self.model):
+            return False
         return not any(p.requires_grad for p in self.model.embeddings.parameters())
 
     @property
     def n_frozen(self) -> int:
         """Bottom layers without trainable weights (the embeddings count as layer 0's input)."""
-        layers = self.model.encoder.layer
+        layers = transformer_layers(self.model)
         return next((k for k, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())),
                     len(layers))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The embeddings and the frozen bottom layers: the modules ``frozen_states`` runs."""
+        return [self.model.embeddings, *transformer_layers(self.model)[: self.n_frozen]]
 
     def tokenize(self, captions: list[str]) -> dict:
         # padded to the longest caption of the batch, not to max_length: pads change no real token's output
@@ -217,7 +257,7 @@ class TextEncoder(nn.Module):
         was_training = self.model.training
         self.model.eval()
         hidden = self.model.embeddings(input_ids=tokens["input_ids"], token_type_ids=tokens.get("token_type_ids"))
-        hidden = self._run_layers(hidden, tokens["attention_mask"], self.model.encoder.layer[: self.n_frozen])
+        hidden = self._run_layers(hidden, tokens["attention_mask"], transformer_layers(self.model)[: self.n_frozen])
         self.model.train(was_training)
         lengths = tokens["attention_mask"].sum(1).tolist()
         return [h[:n].clone() for h, n in zip(hidden, lengths)]
@@ -226,7 +266,7 @@ class TextEncoder(nn.Module):
         """First-token embedding from ``frozen_states`` (padded here to the longest of the batch)."""
         hidden = nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.model.device)
         mask = (torch.arange(hidden.shape[1])[None, :] < torch.tensor([len(s) for s in states])[:, None])
-        hidden = self._run_layers(hidden, mask.long().to(hidden.device), self.model.encoder.layer[self.n_frozen:])
+        hidden = self._run_layers(hidden, mask.long().to(hidden.device), transformer_layers(self.model)[self.n_frozen:])
         return hidden[:, 0]
 
     def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:

@@ -21,12 +21,11 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from salsa_lib import data_sources, paths, provenance, synth
-from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.config import MODEL_SAMPLE_RATE, DataConfig, Stage1Config
 from salsa_lib.encoders import SMALL_PASST, AudioEncoder, build_passt
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, atomic_write_json, file_digest
 
-SAMPLE_RATE = 32000
 HELD_OUT = 0.1  # fraction of the pool kept aside to measure tagging accuracy
 HEAD_LR_FACTOR = 30.0  # the new tagging head needs far larger steps than the encoder to learn a readout
 
@@ -66,7 +65,7 @@ def pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> tupl
             return stored["audio"].astype(np.float32) / 32767, json.loads(str(stored["clips"]))
     if progress:
         print(f"generating the pretraining pool ({n_clips} clips) ...", flush=True)
-    audio, clips = synth.tagging_pool(n_clips, seconds, SAMPLE_RATE, seed)
+    audio, clips = synth.tagging_pool(n_clips, seconds, MODEL_SAMPLE_RATE, seed)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, audio=np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16), clips=json.dumps(clips))
     return np.round(np.clip(audio, -1, 1) * 32767).astype(np.float32) / 32767, clips

@@ -19,7 +19,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from salsa_lib import data_sources, paths
 from salsa_lib.clotho import CLOTHO_FILES, CLOTHO_SPLITS, CLOTHO_URL, _audio_complete, _has_md5, archive_name, local_path
-from salsa_lib.config import Profile
+from salsa_lib.config import MODEL_SAMPLE_RATE, Profile
 from salsa_lib.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
 
 PASST_FILE = "passt-s-f128-p16-s16-ap.468.pt"
@@ -29,7 +29,7 @@ GB = 1e9
 # disk, upper bounds from the data's facts: 5,929 clips of at most 30 s, 16-bit mono
 CLOTHO_CLIPS = 3839 + 1045 + 1045
 WAV_BYTES = CLOTHO_CLIPS * 30 * 44100 * 2  # extracted wav at 44.1 kHz; the 7z archives are at most this
-CACHE_BYTES = CLOTHO_CLIPS * 30 * 32000 * 2  # our int16 cache at 32 kHz
+CACHE_BYTES = CLOTHO_CLIPS * 30 * MODEL_SAMPLE_RATE * 2  # our int16 cache at 32 kHz
 CHECKPOINT_BYTES = (1.8 + 5.3) * GB  # best.ckpt (weights) + last.ckpt (with AdamW state) per paper-sized run
 
 Probe = Callable[[str, float], str | None]  # url, timeout -> None when reachable, else the reason

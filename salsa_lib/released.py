@@ -18,7 +18,7 @@ import torch
 
 from salsa_lib.config import PROFILES
 from salsa_lib.encoders import mel_frontend
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.paths import data_dir
 
@@ -89,15 +89,6 @@ def _check_mel_buffers(mel: Mapping[str, torch.Tensor]) -> None:
                               f"{tuple(reference.shape)}: the checkpoint used other spectrogram settings")
 
 
-def map_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The released weights under our module names; ConfigError lists keys it does not recognise."""
-    weights, _, unknown, mel = _translate(state_dict)
-    if unknown:
-        raise ConfigError(f"unrecognised key(s) in the released state dict: {unknown}")
-    _check_mel_buffers(mel)
-    return weights
-
-
 def _released_name(ours: str) -> str:
     return next((theirs + ours[len(mine):] for theirs, mine in RENAMES if ours.startswith(mine)), ours)
 
@@ -140,22 +131,26 @@ def _safe_load(path: Path) -> tuple[Any, list[str]]:
 
 
 def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
-    """torch.load, safe by default: weights_only with inert stand-ins, so no code hidden in the pickle runs."""
+    """torch.load, safe by default: weights_only with inert stand-ins, so no code hidden in the pickle runs.
+
+    A missing or broken file is a DataError; pickled objects are a ConfigError, since a setting
+    (trust_released_pickle) loads them.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
+        raise DataError(
             f"released checkpoint {path} does not exist: download passt_roberta.ckpt from the SALSA "
             f"authors' release (the download instructions in their README) and place it at "
             f"data/checkpoints/passt_roberta.ckpt (here: {default_checkpoint_path()})")
     if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives
-        raise ConfigError(f"{path} is not a PyTorch checkpoint (not a zip archive); is the download complete?")
+        raise DataError(f"{path} is not a PyTorch checkpoint (not a zip archive); is the download complete?")
     try:
         if trust_pickle:
             checkpoint, stand_ins = torch.load(path, map_location="cpu", weights_only=False, mmap=True), []
         else:
             checkpoint, stand_ins = _safe_load(path)
     except (RuntimeError, EOFError) as err:
-        raise ConfigError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
+        raise DataError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), "")
         raise ConfigError(
@@ -164,7 +159,7 @@ def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
             "source you trust (the authors' release), pass -p trust_released_pickle true to notebook 04 "
             "(trust_pickle=True in Python) to load it with weights_only=False.") from err
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ConfigError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+        raise DataError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return {**checkpoint, "stand_ins": stand_ins}
 
 
@@ -193,14 +188,6 @@ def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_
     _check_fit(model, weights, origin, unknown, path)
     model.load_state_dict(weights, strict=False)  # strict=False: only the optional heads may be absent
     return model.eval()
-
-
-def released_hyperparameters(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """The authors' stored training config, for display beside our RELEASED_CONFIG."""
-    hyper_parameters = _read(path, trust_pickle).get("hyper_parameters") or {}
-    if isinstance(hyper_parameters, Mapping):
-        return dict(hyper_parameters)
-    return dict(getattr(hyper_parameters, "__dict__", {"hyper_parameters": hyper_parameters}))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

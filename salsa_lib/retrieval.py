@@ -49,7 +49,7 @@ def model_id_of(checkpoint) -> str:
 
 def load_search_model(checkpoint, device: str = "cpu"):
     """(model, Stage1Config, model_id) for any stage-1 or stage-2 checkpoint of this project."""
-    model, config = load_member(checkpoint)  # every way a file can be unfit is a ConfigError there
+    model, config = load_member(checkpoint)  # every way a file can be unfit is a DataError there
     return model.to(device), config, model_id_of(checkpoint)
 
 
@@ -259,8 +259,3 @@ def search(index: AudioIndex, model, model_id: str, query: str, top_k: int = 5, 
     response = index.search_embedding(vector, top_k, backend, per_file)
     response.notes.extend(notes)
     return response
-
-
-def search_embedding(index: AudioIndex, query_vector, top_k: int = 5, backend: str | None = None,
-                     per_file: bool = True) -> SearchResponse:
-    return index.search_embedding(query_vector, top_k, backend, per_file)

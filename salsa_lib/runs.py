@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from salsa_lib import paths
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 
 MEMBERS_LISTING = "members.json"
 RECORD = "run.json"  # every training run's record: its parameters, data fingerprints, metrics
@@ -72,8 +72,8 @@ def trained_models(profile: str, weights: tuple[str, ...] = ("best",)) -> list[d
     for entry, folder in runs:
         for kind in weights:
             path = checkpoint(folder, kind)
-            if not path.exists():  # never a silent shrink of the table
-                raise ConfigError(f"{path} is missing: {entry['model']} has not finished training "
+            if not path.exists():  # never a silent shrink of the table; a missing file, not a setting
+                raise DataError(f"{path} is missing: {entry['model']} has not finished training "
                                   f"(rerun notebook 0{entry['stage']})")
             models.append({**entry, "weights": kind, "checkpoint": path})
     return models

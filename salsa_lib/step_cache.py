@@ -54,9 +54,9 @@ _TEXT: dict[tuple[str, str], torch.Tensor] = {}
 def frozen_text_states(text_encoder, captions: list[str]) -> list[torch.Tensor]:
     """``frozen_states`` of every caption, memoised by the frozen weights' digest and the caption."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in text_encoder.model.state_dict().items():
-        if name.startswith("embeddings.") or any(name.startswith(f"encoder.layer.{k}.") for k in range(text_encoder.n_frozen)):
-            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    for position, module in enumerate(text_encoder.frozen_modules()):
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{position}.{name}".encode() + tensor.detach().cpu().numpy().tobytes())
     weights = digest.hexdigest()
     missing = list(dict.fromkeys(c for c in captions if (weights, c) not in _TEXT))
     for k in range(0, len(missing), CHUNK):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from salsa_lib import provenance
 from salsa_lib.config import Stage1Config
 from salsa_lib.splits import CAPTIONS_PER_CLIP, AudioCaptionDataset, ClipDataset, ClothoSplit, caption_clips
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import DataError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
@@ -185,7 +185,7 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bo
 
     Finished with the same ``run`` parameters: reused (unless ``force``: ``run_all.sh --force``). Interrupted
     with the same parameters: ``train`` resumes from ``last.ckpt``. Anything else already there is
-    moved to ``<stage>/.previous/`` (never silently overwritten) and trained anew.
+    moved to ``<stage>/.previous/<name>-<n>`` (numbered; no earlier copy is ever deleted) and trained anew.
     """
     record_path = folder / RECORD
     if record_path.exists():
@@ -257,7 +257,8 @@ def epoch_metrics(folder: Path) -> pd.DataFrame:
             columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
             frames.append(log.groupby("epoch")[columns].max().dropna(how="all").reset_index())
     if not frames:
-        raise ConfigError(f"no training log under {folder / 'logs'}: has this run trained?")
+        # DataError: the run's files are missing; no setting would make them appear
+        raise DataError(f"no training log under {folder / 'logs'}: has this run trained?")
     return pd.concat(frames).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
@@ -269,7 +270,11 @@ def best_epoch_metrics(folder: Path) -> dict:
 
 
 def _move_aside(folder: Path) -> None:
-    previous = folder.parent / ".previous" / folder.name
-    shutil.rmtree(previous, ignore_errors=True)
-    previous.parent.mkdir(parents=True, exist_ok=True)
-    folder.rename(previous)
+    """Move a run to ``<stage>/.previous/<name>-<n>``, n one past the highest there, so the newest copy
+    has the highest number and no earlier copy is replaced."""
+    previous = folder.parent / ".previous"
+    previous.mkdir(parents=True, exist_ok=True)
+    numbered = re.compile(re.escape(folder.name) + r"-(\d+)")
+    taken = [int(match[1]) for entry in previous.iterdir() if (match := numbered.fullmatch(entry.name))]
+    target = previous / f"{folder.name}-{max(taken, default=0) + 1}"
+    folder.rename(target)

@@ -20,6 +20,14 @@ def test_ill_typed_unknown_and_out_of_range_values_are_refused_by_name():
     assert Stage1Config(tau=1).tau == 1.0 and isinstance(Stage1Config(tau=1).tau, float)  # an int is a fine float
 
 
+def test_sample_rate_other_than_the_models_is_refused_with_the_reason():
+    for make in (lambda: DataConfig(sample_rate=16000), lambda: DataConfig.from_params({"sample_rate": 16000})):
+        with pytest.raises(ConfigError, match="sample_rate=16000.*32000.*PaSST") as info:
+            make()
+        assert "sample_rate" in str(info.value) and "32000" in str(info.value)
+    assert DataConfig().sample_rate == 32000
+
+
 def test_command_line_values_are_parsed_to_the_field_type():
     assert Stage1Config.parse_value("epochs", "7") == 7
     assert Stage1Config.parse_value("resume", "No") is False

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from salsa_lib import encoders
-from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt
+from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt, transformer_layers
 from salsa_lib.errors import ConfigError, DownloadError
 
 
@@ -59,6 +59,62 @@ def test_unknown_audio_encoder_and_offline_weights(monkeypatch):
     monkeypatch.setattr(passt_module, "get_model", offline)
     with pytest.raises(DownloadError, match="passt-s-f128-p16-s16-ap.468.pt"):
         build_passt(encoders.PAPER_PASST, 10.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory):
+    """A local folder holding a 2-layer DistilBERT with random weights (no download) and MiniLM's tokenizer."""
+    from transformers import AutoModel, AutoTokenizer, DistilBertConfig
+
+    folder = tmp_path_factory.mktemp("tiny_distilbert")
+    tokenizer = AutoTokenizer.from_pretrained(encoders.resolve_text_model(encoders.PACKAGED_MINILM))
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_non_bert_text_encoder_trains_whole_or_is_refused_by_name(tiny_distilbert):
+    whole = TextEncoder(tiny_distilbert, trainable_layers=-1)
+    assert all(p.requires_grad for p in whole.model.parameters()) and not whole.bottom_frozen
+    with torch.no_grad():
+        assert whole(["a dog barks"]).shape == (1, 32)
+    with pytest.raises(ConfigError, match="DistilBertModel.*text_trainable_layers=-1"):
+        TextEncoder(tiny_distilbert, trainable_layers=1)
+
+
+def test_transformer_layers_knows_the_bert_layout_only(minilm):
+    from transformers import GPT2Config, GPT2Model
+
+    assert transformer_layers(minilm.model) is minilm.model.encoder.layer
+    gpt2 = GPT2Model(GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    with pytest.raises(ConfigError, match="GPT2Model.*text_trainable_layers"):
+        transformer_layers(gpt2)
+
+
+def test_frozen_text_states_are_keyed_by_the_frozen_modules_weights(minilm, monkeypatch):
+    """Only a change in the embeddings or the frozen layers recomputes the memoised states."""
+    from salsa_lib import step_cache
+
+    monkeypatch.setattr(step_cache, "_TEXT", {})
+    calls = []
+    real = minilm.frozen_states
+    monkeypatch.setattr(minilm, "frozen_states", lambda captions: calls.append(captions) or real(captions))
+    layers = minilm.model.encoder.layer
+    saved = {k: layers[k].output.dense.bias.detach().clone() for k in (3, 5)}
+    first = step_cache.frozen_text_states(minilm, ["rain on a roof"])
+    try:
+        with torch.no_grad():
+            layers[5].output.dense.bias += 1  # a layer that trains: the memoised states stay valid
+            assert step_cache.frozen_text_states(minilm, ["rain on a roof"])[0] is first[0] and len(calls) == 1
+            layers[3].output.dense.bias += 1  # a frozen layer: computed again
+            changed = step_cache.frozen_text_states(minilm, ["rain on a roof"])
+    finally:
+        with torch.no_grad():
+            for k, bias in saved.items():
+                layers[k].output.dense.bias.copy_(bias)
+    assert len(calls) == 2 and not torch.allclose(changed[0], first[0])
 
 
 def test_text_encoder_first_token_of_preprocessed_caption(minilm):

@@ -11,7 +11,7 @@ import torch
 
 from salsa_lib import clotho, correspondences, data_sources, embedding, released, runs, synth
 from salsa_lib.config import DataConfig, Stage1Config
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.splits import CAPTION_COLUMNS, CAPTIONS_PER_CLIP, SPLIT_FOLDERS, caption_clips
 
@@ -138,7 +138,7 @@ def test_run_registry_lists_members_then_stage2_runs_with_both_weights(tmp_path,
     models = runs.trained_models("test", ("best",))
     assert [(m["stage"], m["model"]) for m in models] == [(1, "member0"), (1, "member1"), (2, "ensemble_from_member0")]
     assert models[2]["teachers"] == "member0+member1"
-    with pytest.raises(ConfigError, match="last.ckpt is missing"):  # never a silently shorter table
+    with pytest.raises(DataError, match="last.ckpt is missing"):  # never a silently shorter table
         runs.trained_models("test", ("best", "last"))
     assert runs.stage2_teacher_kinds(runs.stage2_dir("test")) == {"ensemble_from_member0": ("ensemble", 0)}
     with pytest.raises(ConfigError, match=r"member\(s\) \['member7'\] not found"):

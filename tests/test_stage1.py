@@ -10,7 +10,7 @@ import torch
 
 from salsa_lib import data_sources, runs, stage1, training
 from salsa_lib.checkpoints import load_member
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import DataError
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +49,12 @@ def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tin
     monkeypatch.undo()
     monkeypatch.setenv("SALSA_HOME", str(tiny_home))
     _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
-    previous = runs.stage1_dir("test") / ".previous" / "member0" / "checkpoints" / "best.ckpt"
-    assert previous.read_bytes() == best
+    previous = runs.stage1_dir("test") / ".previous"
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best
     retrained = (runs.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
     _train(tiny_stage1.replace(lr_text_projection=2e-3), force=True)  # run_all.sh --force: same parameters, trained again
-    assert previous.read_bytes() == retrained
+    assert (previous / "member0-2" / "checkpoints" / "best.ckpt").read_bytes() == retrained
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best  # still kept
 
 
 class _Crash(pl.Callback):
@@ -89,7 +90,7 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     assert embedding.shape == (1, tiny_stage1.embed_dim)
     assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
 
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_member(tmp_path / "missing.ckpt")
 
     state = torch.load(best, weights_only=True)
@@ -97,19 +98,19 @@ def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
     del state["state_dict"]["model.project_audio.weight"]
     tampered = tmp_path / "tampered.ckpt"
     torch.save(state, tampered)
-    with pytest.raises(ConfigError, match="project_audio.weight") as info:
+    with pytest.raises(DataError, match="project_audio.weight") as info:
         load_member(tampered)
     assert "project_text.extra" in str(info.value)
 
     malicious = tmp_path / "malicious.ckpt"
     malicious.write_bytes(pickle.dumps(_CodeRunner()))
-    with pytest.raises(ConfigError, match="pickled objects"):
+    with pytest.raises(DataError, match="pickled objects"):
         load_member(malicious)
 
     resized = torch.load(best, weights_only=True)
     resized["state_dict"]["model.project_audio.weight"] = torch.zeros(3, 3)
     torch.save(resized, tmp_path / "resized.ckpt")
-    with pytest.raises(ConfigError, match="does not fit.*project_audio.weight"):
+    with pytest.raises(DataError, match="does not fit.*project_audio.weight"):
         load_member(tmp_path / "resized.ckpt")
 
 
@@ -125,7 +126,7 @@ def test_load_member_names_the_file_for_anything_else(tmp_path, content, expecte
         path.write_bytes(content)
     else:
         torch.save(torch.zeros(3) if content == "tensor" else content, path)
-    with pytest.raises(ConfigError, match=expected) as info:
+    with pytest.raises(DataError, match=expected) as info:
         load_member(path)
     assert "odd.ckpt" in str(info.value)
 
@@ -142,4 +143,4 @@ def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
     data_sources.load_splits(data, progress=False)
     data_sources.save_data_config(data)
     _train(tiny_stage1)
-    assert (runs.stage1_dir("test") / ".previous" / "member0" / "run.json").exists()
+    assert (runs.stage1_dir("test") / ".previous" / "member0-1" / "run.json").exists()

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
+from salsa_lib import training
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.training import learning_rate
 
 PAPER = Stage1Config(epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, min_lr=1e-7)
@@ -59,3 +60,27 @@ def test_optimizer_follows_the_schedule_per_step(tiny_stage1):
 def test_invalid_hyperparameters_are_named(change, message):
     with pytest.raises(ConfigError, match=message):
         Stage1Config(**change)
+
+
+def test_runs_set_aside_are_never_deleted(tmp_path):
+    """Three runs of one folder with changing parameters: the two earlier ones stay, numbered in order."""
+    folder = tmp_path / "stage1" / "member0"
+
+    def train_writing(marker: str):
+        def train() -> dict:
+            (folder / "checkpoints").mkdir(parents=True)
+            (folder / "checkpoints" / "best.ckpt").write_text(marker)
+            return {}
+        return train
+
+    for k in range(3):
+        training.train_or_reuse(folder, {"lr": k}, train_writing(f"run {k}"))
+    previous = tmp_path / "stage1" / ".previous"
+    assert sorted(p.name for p in previous.iterdir()) == ["member0-1", "member0-2"]
+    assert [(previous / f"member0-{n}" / "checkpoints" / "best.ckpt").read_text() for n in (1, 2)] == ["run 0", "run 1"]
+    assert (folder / "checkpoints" / "best.ckpt").read_text() == "run 2"
+
+
+def test_missing_training_log_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no training log"):
+        training.epoch_metrics(tmp_path / "member0")
