@@ -35,7 +35,7 @@ import pandas as pd
 import psutil
 
 from salsa_lib import paths
-from salsa_lib.config import MINIATURE_OVERRIDES as QUICK_OVERRIDES
+from salsa_lib.profiles import MINIATURE_OVERRIDES as QUICK_OVERRIDES
 from salsa_lib.files import atomic_write_json
 
 # small values for every stage (the same sizes the notebook test uses)

@@ -69,3 +69,11 @@ def saved_config(checkpoint: str | Path) -> Stage1Config:
         return Stage1Config.from_params(_safe_load(Path(checkpoint))["hyper_parameters"]["params"])
     except (OSError, RuntimeError, KeyError, TypeError) as err:
         raise DataError(f"{checkpoint}: no readable training parameters ({type(err).__name__}: {err})") from err
+
+
+def saved_step(checkpoint: str | Path) -> int:
+    """The optimizer step after which a training checkpoint was written: equal steps, equal weights."""
+    try:
+        return int(_safe_load(Path(checkpoint))["global_step"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{checkpoint}: no readable training step ({type(err).__name__}: {err})") from err

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from salsa_lib import data_sources, metrics, paths, runs
-from salsa_lib.checkpoints import load_member
+from salsa_lib.checkpoints import load_member, saved_step
 from salsa_lib.config import DataConfig
 from salsa_lib.embedding import embed_split
 from salsa_lib.errors import SalsaError
@@ -89,16 +89,22 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
                      ) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
     """Evaluate every trained model, best and last weights (and the released checkpoint, if given),
     and write metrics.csv; ``queries`` are free-text queries scored with every model as well."""
-    rows, evaluations = [], {}
+    rows, evaluations, by_weights = [], {}, {}
     models = runs.trained_models(profile, tuple(runs.WEIGHTS))
     if released is not None:
         path, model, config = released
         models.append({**runs.released_model(path), "loaded": (model, config)})
         del model
     for entry in models:
-        model, config = entry.pop("loaded", None) or load_member(entry["checkpoint"])
-        evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries)
-        del model  # one paper-sized model in memory at a time
+        # best and last weights of a run that was best in its last epoch are one and the same
+        same = (entry["model"], saved_step(entry["checkpoint"])) if entry["weights"] in runs.WEIGHTS else None
+        if same in by_weights:
+            evaluation = by_weights[same]
+        else:
+            model, config = entry.pop("loaded", None) or load_member(entry["checkpoint"])
+            evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries)
+            del model  # one paper-sized model in memory at a time
+            by_weights[same] = evaluation
         evaluations[evaluation_key(entry)] = evaluation
         rows.append({**entry, "checkpoint": _relative(entry["checkpoint"], paths.project_root()),
                      "checkpoint_sha256": file_digest(entry["checkpoint"])[:16],

@@ -76,7 +76,8 @@ def run_params(config: Stage1Config, data: DataConfig) -> dict:
     return {"clips": config.pretrain_clips, "seconds": config.window_seconds, "pool_seed": data.synthetic_seed,
             "seed": config.seed, "epochs": config.pretrain_epochs, "lr": config.pretrain_lr,
             "batch_size": config.batch_size, "width": config.passt_width, "depth": config.passt_depth,
-            "heads": config.passt_heads, "window_seconds": config.window_seconds, "tags": len(tag_names())}
+            "heads": config.passt_heads, "window_seconds": config.window_seconds, "tags": len(tag_names()),
+            "precision": config.precision}
 
 
 def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False) -> dict:
@@ -141,8 +142,9 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
         order, losses = rng.permutation(train_ids), []
         for step in range(steps_per_epoch):
             ids = torch.from_numpy(order[step * config.batch_size:(step + 1) * config.batch_size])
-            logits = head(encoder(None, length[ids], power=power[ids]))
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[ids])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision.startswith("bf16")):
+                logits = head(encoder(None, length[ids], power=power[ids]))  # the stage's mixed precision
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets[ids])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from salsa_lib.config import PROFILES
+from salsa_lib.profiles import PROFILES
 from salsa_lib.encoders import mel_frontend
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder

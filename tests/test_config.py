@@ -3,8 +3,8 @@
 import pytest
 
 from salsa_lib import runner
-from salsa_lib.config import (EVERY_STAGE_FIELDS, PROFILES, DataConfig, Profile, Stage1Config, Stage2Config,
-                              TrainingConfig, get_profile)
+from salsa_lib.config import EVERY_STAGE_FIELDS, DataConfig, Stage1Config, Stage2Config, TrainingConfig
+from salsa_lib.profiles import PROFILES, Profile, get_profile
 from salsa_lib.errors import ConfigError
 
 

@@ -24,7 +24,8 @@ import torch
 
 from conftest import TINY_DATA, TINY_MODEL
 from salsa_lib import audio, data_sources, runs, stage1, training
-from salsa_lib.config import PROFILES, DataConfig, Stage1Config
+from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.profiles import PROFILES
 
 pytestmark = pytest.mark.slow
 

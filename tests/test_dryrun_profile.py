@@ -6,7 +6,7 @@ import io
 import soundfile as sf
 
 from salsa_lib import reference_queries
-from salsa_lib.config import DRYRUN_CHANGES, PROFILES
+from salsa_lib.profiles import DRYRUN_CHANGES, PROFILES
 from salsa_lib.splits import preprocess_caption, read_captions_csv
 from salsa_lib.fake_clotho import METADATA_COLUMNS, install_fake_clotho
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from salsa_lib.config import FORCE_STAGES, NOTEBOOK_STAGES, PROFILES
+from salsa_lib.profiles import FORCE_STAGES, NOTEBOOK_STAGES, PROFILES
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from salsa_lib import runner
-from salsa_lib.config import MINIATURE_OVERRIDES as MINIATURE, NOTEBOOK_STAGES
+from salsa_lib.profiles import MINIATURE_OVERRIDES as MINIATURE, NOTEBOOK_STAGES
 
 pytestmark = pytest.mark.slow
 

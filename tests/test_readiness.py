@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from salsa_lib import readiness, runner
-from salsa_lib.config import PROFILES
+from salsa_lib.profiles import PROFILES
 from salsa_lib.fake_clotho import install_fake_clotho
 
 CLOTHO = PROFILES["clotho"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from salsa_lib import runner
-from salsa_lib.config import PROFILES
+from salsa_lib.profiles import PROFILES
 from salsa_lib.errors import ConfigError
 
 TINY_DATA = PROFILES["tiny"].data
