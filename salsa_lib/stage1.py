@@ -1,6 +1,6 @@
 """Stage 1: train the ensemble members, each in its own folder under results/<profile>/stage1/.
 
-Member k trains with seed + k. Reuse, resume and move-aside rules: ``training.train_or_reuse``.
+Member k trains with seed + k. Reuse, resume and move-aside rules: ``run_folders.train_or_reuse``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from salsa_lib import data_sources, pretraining, reports, runs
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.splits import split_fingerprint
 from salsa_lib.files import atomic_write_json
-from salsa_lib.training import RetrievalModule, fit, make_loaders, train_or_reuse
+from salsa_lib.run_folders import train_or_reuse
+from salsa_lib.training import RetrievalModule, fit, make_loaders
 
 
 def train_members(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False,

@@ -22,7 +22,8 @@ from salsa_lib.splits import split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
-from salsa_lib.training import RetrievalModule, checkpoint_hparams, epoch_metrics, fit, make_loaders, train_or_reuse
+from salsa_lib.run_folders import checkpoint_hparams, epoch_metrics, train_or_reuse
+from salsa_lib.training import RetrievalModule, fit, make_loaders
 
 
 class DistillationModule(RetrievalModule):

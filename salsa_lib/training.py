@@ -6,28 +6,24 @@ LightningModule. Stage 2 reuses it and only swaps the loss (``RetrievalModule.lo
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import time
 from pathlib import Path
-from typing import Callable
 
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.distributed.nn.functional import all_gather
 from torch.utils.data import DataLoader, RandomSampler
 
-from salsa_lib import provenance
 from salsa_lib.config import Stage1Config
-from salsa_lib.splits import CAPTIONS_PER_CLIP, AudioCaptionDataset, ClipDataset, ClothoSplit, caption_clips
-from salsa_lib.errors import DataError
-from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.quiet import silence_third_party_noise
+from salsa_lib.run_folders import attempts, best_epoch_metrics
+from salsa_lib.splits import CAPTIONS_PER_CLIP, AudioCaptionDataset, ClipDataset, ClothoSplit, caption_clips
 from salsa_lib.step_cache import StepCache
 
 LR_FIELDS = {"audio_encoder": "lr_audio_encoder", "text_encoder": "lr_text_encoder",
@@ -133,8 +129,6 @@ class RetrievalModule(pl.LightningModule):
 
 def _gather_global_batch(audio, text, batch):
     """All-gather embeddings with gradients (each rank then computes the same global loss)."""
-    from torch.distributed.nn.functional import all_gather
-
     audio, text = torch.cat(all_gather(audio)), torch.cat(all_gather(text))
     gathered = {k: torch.cat(all_gather(v)) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() == 1}
     return audio, text, {**batch, **gathered}
@@ -175,41 +169,8 @@ def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
     return train_set, train_loader, val_loader
 
 
-# --------------------------------------------------------------------------- runs on disk
-
-RECORD = "run.json"
-
-
-def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bool = False) -> dict:
-    """Cache-or-compute for one training run folder, keyed by the run's parameters.
-
-    Finished with the same ``run`` parameters: reused (unless ``force``: ``run_all.sh --force``). Interrupted
-    with the same parameters: ``train`` resumes from ``last.ckpt``. Anything else already there is
-    moved to ``<stage>/.previous/<name>-<n>`` (numbered; no earlier copy is ever deleted) and trained anew.
-    """
-    record_path = folder / RECORD
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        reusable = record.get("run") == run and (folder / record["best_checkpoint"]).exists()
-        if reusable and not force:
-            return record
-        _move_aside(folder)
-    elif (folder / "checkpoints" / "last.ckpt").exists() and checkpoint_hparams(folder / "checkpoints" / "last.ckpt").get("run") != run:
-        _move_aside(folder)
-    start = time.perf_counter()
-    metrics = train()
-    record = {"folder": folder.name, "run": run, "best_checkpoint": "checkpoints/best.ckpt",
-              "last_checkpoint": "checkpoints/last.ckpt", "seconds": round(time.perf_counter() - start, 1),
-              **metrics, **provenance.run_metadata()}
-    atomic_write_json(record_path, record)
-    return record
-
-
 def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_loader, progress: bool) -> dict:
     """Train with checkpoints (best by val mAP@10, last every epoch), CSV logs, automatic resume."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     config = module.config
     silence_third_party_noise()  # Lightning's banners and tips
     # best.ckpt only feeds embedding, stage 2 and evaluation: weights and parameters, no optimizer
@@ -226,7 +187,7 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
         num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches,
         callbacks=[checkpoint, last, _EpochAwareCrops(train_set)],
-        logger=CSVLogger(folder, name="logs", version=f"attempt{_attempts(folder)}"), log_every_n_steps=1,
+        logger=CSVLogger(folder, name="logs", version=f"attempt{attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )
     module.train_set, module.val_split = train_set, val_loader.dataset.split
@@ -235,46 +196,3 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
     resume = str(last) if config.resume and last.exists() else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     return best_epoch_metrics(folder)
-
-
-def checkpoint_hparams(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("hyper_parameters", {})
-
-
-def _attempts(folder: Path) -> int:
-    """Each (re)start logs to its own CSV: Lightning's CSVLogger would delete the earlier one."""
-    return len(list((folder / "logs").glob("attempt*")))
-
-
-def epoch_metrics(folder: Path) -> pd.DataFrame:
-    """Per-epoch training loss and validation metrics, across resumed attempts (latest attempt wins)."""
-    frames = []
-    for attempt in range(_attempts(folder)):
-        path = folder / "logs" / f"attempt{attempt}" / "metrics.csv"
-        if path.exists():
-            log = pd.read_csv(path)
-            columns = [c for c in log.columns if c.startswith("val/") or c == "train/loss_epoch"]
-            frames.append(log.groupby("epoch")[columns].max().dropna(how="all").reset_index())
-    if not frames:
-        # DataError: the run's files are missing; no setting would make them appear
-        raise DataError(f"no training log under {folder / 'logs'}: has this run trained?")
-    return pd.concat(frames).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
-
-
-def best_epoch_metrics(folder: Path) -> dict:
-    per_epoch = epoch_metrics(folder).dropna(subset=["val/mAP@10"])
-    best = per_epoch.loc[per_epoch["val/mAP@10"].idxmax()]
-    return {"best_epoch": int(best["epoch"]),
-            "val": {c.removeprefix("val/"): round(float(best[c]), 6) for c in per_epoch.columns if c.startswith("val/")}}
-
-
-def _move_aside(folder: Path) -> None:
-    """Move a run to ``<stage>/.previous/<name>-<n>``, n one past the highest there, so the newest copy
-    has the highest number and no earlier copy is replaced."""
-    previous = folder.parent / ".previous"
-    previous.mkdir(parents=True, exist_ok=True)
-    numbered = re.compile(re.escape(folder.name) + r"-(\d+)")
-    taken = [int(match[1]) for entry in previous.iterdir() if (match := numbered.fullmatch(entry.name))]
-    target = previous / f"{folder.name}-{max(taken, default=0) + 1}"
-    folder.rename(target)

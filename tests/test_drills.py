@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, TINY_MODEL
-from salsa_lib import audio, data_sources, runs, stage1, training
+from salsa_lib import audio, data_sources, run_folders, runs, stage1
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.profiles import PROFILES
 
@@ -77,7 +77,7 @@ def _train_in_process(home: Path, monkeypatch) -> dict:
     stage1.train_members(_config(), data_sources.load_data_config("test"), progress=False)
     folder = runs.member_dir("test", 0)
     return {"record": json.loads((folder / "run.json").read_text()),
-            "epochs": training.epoch_metrics(folder),
+            "epochs": run_folders.epoch_metrics(folder),
             "weights": torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]}
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from salsa_lib import data_sources, runs, stage1, training
+from salsa_lib import data_sources, run_folders, runs, stage1
 from salsa_lib.checkpoints import load_member
 from salsa_lib.errors import DataError
 
@@ -74,7 +74,7 @@ def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1,
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(pl, "Trainer", real_trainer)
     _train(config)  # resumes: only epoch 1 is trained now
-    assert list(training.epoch_metrics(folder)["epoch"]) == [0, 1]
+    assert list(run_folders.epoch_metrics(folder)["epoch"]) == [0, 1]
     resumed = pd.read_csv(folder / "logs" / "attempt1" / "metrics.csv")
     assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
     assert (folder / "run.json").exists()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from salsa_lib import training
+from salsa_lib import run_folders
 from salsa_lib.config import Stage1Config
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.training import learning_rate
@@ -74,7 +74,7 @@ def test_runs_set_aside_are_never_deleted(tmp_path):
         return train
 
     for k in range(3):
-        training.train_or_reuse(folder, {"lr": k}, train_writing(f"run {k}"))
+        run_folders.train_or_reuse(folder, {"lr": k}, train_writing(f"run {k}"))
     previous = tmp_path / "stage1" / ".previous"
     assert sorted(p.name for p in previous.iterdir()) == ["member0-1", "member0-2"]
     assert [(previous / f"member0-{n}" / "checkpoints" / "best.ckpt").read_text() for n in (1, 2)] == ["run 0", "run 1"]
@@ -83,4 +83,4 @@ def test_runs_set_aside_are_never_deleted(tmp_path):
 
 def test_missing_training_log_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no training log"):
-        training.epoch_metrics(tmp_path / "member0")
+        run_folders.epoch_metrics(tmp_path / "member0")
