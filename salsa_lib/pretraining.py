@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
 
-from salsa_lib import data_sources, paths, provenance, synth
+from salsa_lib import data_sources, paths, provenance, synth, synth_scenes
 from salsa_lib.config import MODEL_SAMPLE_RATE, DataConfig, Stage1Config
 from salsa_lib.encoders import SMALL_PASST, AudioEncoder, build_passt
 from salsa_lib.errors import ConfigError, DataError
@@ -32,9 +32,9 @@ HEAD_LR_FACTOR = 30.0  # the new tagging head needs far larger steps than the en
 
 def tag_names() -> list[str]:
     """Every source, and every (source, attribute value) the generator can draw: ``bell``, ``bell:low``."""
-    return [tag for source in sorted(synth.SOURCES)
-            for tag in [source, *(f"{source}:{value}" for attribute in synth.attributes_of(source)
-                                  for value in synth.VALUES[attribute].split(";"))]]
+    return [tag for source in sorted(synth_scenes.SOURCES)
+            for tag in [source, *(f"{source}:{value}" for attribute in synth_scenes.attributes_of(source)
+                                  for value in synth_scenes.VALUES[attribute].split(";"))]]
 
 
 def tag_matrix(clips: list[dict], names: list[str]) -> np.ndarray:

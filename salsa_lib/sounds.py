@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from salsa_lib.audio import SAMPLE_RATE, _truncation_reason
+from salsa_lib.audio import SAMPLE_RATE, truncation_reason
 from salsa_lib.errors import DataError
 
 # names that promise audio: when such a file cannot be read, the user hears why
@@ -110,7 +110,7 @@ def probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None, bool]:
         return None, *_failure(path, err)
     if info.frames <= 0 or info.samplerate <= 0:
         return None, "zero-length audio (no samples)", True
-    truncated = _truncation_reason(path)
+    truncated = truncation_reason(path)
     return (None, truncated, True) if truncated else (info, None, True)
 
 

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from salsa_lib.audio import SAMPLE_RATE, AudioCache, build_audio_cache, crop_or_pad
+from salsa_lib.audio import SAMPLE_RATE, crop_or_pad
+from salsa_lib.audio_cache import AudioCache, build_audio_cache
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_write_csv
 

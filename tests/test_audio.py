@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 import salsa_lib.audio as audio
-from salsa_lib.audio import SAMPLE_RATE, AudioCache, build_audio_cache, crop_or_pad, load_audio
+from salsa_lib.audio import SAMPLE_RATE, crop_or_pad, load_audio
+from salsa_lib.audio_cache import AudioCache, build_audio_cache
 from salsa_lib.errors import DataError
 
 QUANT = 0.5 / 32767 + 1e-6  # int16 rounding error, plus float32 slack

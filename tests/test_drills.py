@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, TINY_MODEL
-from salsa_lib import audio, data_sources, run_folders, runs, stage1
+from salsa_lib import audio_cache, data_sources, run_folders, runs, stage1
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.profiles import PROFILES
 
@@ -216,7 +216,7 @@ def test_kill9_during_audio_cache_build(tmp_path, monkeypatch):
     train = drill["splits"]["train"]  # the normal rebuild succeeded and is complete and verified
     assert train.n_clips == TINY_DATA["n_train_clips"]
     assert all(len(train.audio[i]) > 0 for i in range(train.n_clips))
-    audio.AudioCache.open(drill["train_cache"], verify=True)
+    audio_cache.AudioCache.open(drill["train_cache"], verify=True)
     committed = {p.name for p in drill["train_cache"].iterdir() if not p.name.startswith(".")}
     assert committed == {"index.json", train.audio.index["array_file"]}
     after = {p.name: p.read_bytes() for p in drill["val_cache"].iterdir()}

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import soundfile as sf
 
-from salsa_lib import synth
+from salsa_lib import synth, synth_scenes, synth_sounds
 from salsa_lib.errors import ConfigError, DataError
 
 SMALL = {"development": 6, "validation": 3, "evaluation": 3}
@@ -96,10 +96,10 @@ def test_pitch_attribute_moves_the_spectrum():
         power = np.abs(np.fft.rfft(x)) ** 2
         return np.sum(np.fft.rfftfreq(len(x), 1 / sr) * power) / np.sum(power)
 
-    tonal = [name for name in synth.SOURCES if "pitch" in synth.SOURCES[name][0]]
+    tonal = [name for name in synth_scenes.SOURCES if "pitch" in synth_scenes.SOURCES[name][0]]
     assert len(tonal) >= 5
     for name in tonal:
-        low, high = (synth.SYNTHESIZERS[name](np.random.default_rng(1), t, sr, {"pitch": p, "speed": "fast"})
+        low, high = (synth_sounds.SYNTHESIZERS[name](np.random.default_rng(1), t, sr, {"pitch": p, "speed": "fast"})
                      for p in ("low", "high"))
         assert centroid(high) > 1.5 * centroid(low), name
 
@@ -178,7 +178,7 @@ def test_larger_split_has_shared_captions_all_sources_and_relations(larger):
             for claim in cap["claims"]:
                 event = next(e for e in clip["events"] if e["source"] == claim["source"])
                 assert claim["attributes"].items() <= event["attributes"].items()
-                assert set(event["attributes"]) == set(synth._attributes(claim["source"]))
+                assert set(event["attributes"]) == set(synth_scenes.attributes_of(claim["source"]))
 
 
 def test_second_call_reuses_and_changed_parameters_regenerate(tmp_path):
@@ -212,8 +212,8 @@ def test_failed_generation_keeps_the_old_set_and_leaves_no_partial_folder(tmp_pa
             return original(*args)
         return wrapper
 
-    for name, function in list(synth.SYNTHESIZERS.items()):
-        monkeypatch.setitem(synth.SYNTHESIZERS, name, exploding(function))
+    for name, function in list(synth_sounds.SYNTHESIZERS.items()):
+        monkeypatch.setitem(synth_sounds.SYNTHESIZERS, name, exploding(function))
     with pytest.raises(RuntimeError, match="synthesizer exploded"):
         _generate(root, seed=9, **kwargs)
     assert len(calls) == 4
