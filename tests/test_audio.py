@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 import salsa_lib.audio as audio
+import salsa_lib.audio_cache as audio_cache
 from salsa_lib.audio import SAMPLE_RATE, crop_or_pad, load_audio
 from salsa_lib.audio_cache import AudioCache, build_audio_cache
 from salsa_lib.errors import DataError
@@ -342,7 +343,7 @@ def test_crash_while_writing_index_leaves_previous_cache_intact(clips, tmp_path,
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(audio, "atomic_write_json", disk_full)
+    monkeypatch.setattr(audio_cache, "atomic_write_json", disk_full)
     with pytest.raises(OSError):
         build(clips, cache_dir)
     np.testing.assert_array_equal(AudioCache.open(cache_dir)[2], expected)  # old array still there

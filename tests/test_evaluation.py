@@ -8,6 +8,7 @@ import pytest
 
 from salsa_lib import data_sources, evaluation, runs, stage1
 from salsa_lib.evaluation import Evaluation
+from salsa_lib.checkpoints import load_member
 
 
 def test_mean_and_std_in_percent():
@@ -32,7 +33,7 @@ def test_top_k_examples_mark_the_associated_clip():
 
 
 @pytest.mark.slow
-def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, capsys):
+def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, capsys, monkeypatch):
     data = data_sources.load_data_config("test")
     stage1.train_members(tiny_stage1.replace(members=2), data, progress=False)
     test = data_sources.load_splits(data, ("test",), progress=False)["test"]
@@ -40,7 +41,12 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
 
     truth = synth.load_truth(data_sources.locate(data).root, "evaluation")
     queries = ["a dog barks", test.captions[1][2]]
+    loaded = []
+    monkeypatch.setattr(evaluation, "load_member", lambda path: loaded.append(path) or load_member(path))
     table, evaluations = evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth, queries=queries)
+    # one epoch: best and last were written after the same step, so each run is evaluated once
+    assert [p.name for p in loaded] == ["best.ckpt"] * 2
+    assert table.groupby("model")["mAP@10"].nunique().eq(1).all()
     written = pd.read_csv(tiny_home / "results/test/metrics.csv")
     # both weights of every run, each row saying which (the original tested the last epoch)
     assert list(written.model) == ["member0", "member0", "member1", "member1"]
@@ -65,6 +71,12 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
     assert result["clips"] == 4 and result["mAP@10"] == pytest.approx(written.loc[0, "mAP@10"])
     assert evaluation.main(["--checkpoint", str(tmp_path / "nope.ckpt"), "--data-root", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+    # weights written after different steps are evaluated apart
+    monkeypatch.setattr(evaluation, "saved_step", lambda path: hash(path.name))
+    loaded.clear()
+    evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth)
+    assert [p.name for p in loaded] == ["best.ckpt", "last.ckpt"] * 2
 
 
 def test_paper_comparison_uses_last_epoch_rows():

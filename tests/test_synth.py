@@ -222,7 +222,7 @@ def test_failed_generation_keeps_the_old_set_and_leaves_no_partial_folder(tmp_pa
 
 
 def test_a_crash_on_a_fresh_root_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "_truth", lambda clips: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(synth, "truth_matrix", lambda clips: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         _generate(tmp_path / "synthetic", n_clips={"development": 1, "validation": 1, "evaluation": 1},
                   clip_seconds=0.5)
