@@ -161,6 +161,10 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
         contrastive_loss(model.logits(a, t), ids).backward()
         optimizer.step()
 
+    def bf16(step, stored: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step(stored)
+
     parts = {
         "before": {"mel front end (STFT + mel)": lambda: audio_encoder.mel(audio),
                    "small PaSST forward+backward": passt,
@@ -171,7 +175,8 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
                   "small PaSST forward+backward": passt,
                   "MiniLM top layers forward+backward (longest caption)":
                       lambda: text_encoder.forward_from_states(states).sum().backward(),
-                  "whole step": lambda: full_step(True)},
+                  "whole step": lambda: full_step(True),
+                  "whole step, bf16 autocast (the tiny profile's precision)": lambda: bf16(full_step, True)},
     }
     out = {when: {name: round(statistics.median(_time_steps(f, warmup, repeats)), 4) for name, f in fns.items()}
            for when, fns in parts.items()}
