@@ -21,7 +21,6 @@ from librosa.util.exceptions import ParameterError
 from salsa_lib.config import MODEL_SAMPLE_RATE as SAMPLE_RATE  # clips are decoded at the models' rate
 from salsa_lib.errors import DataError
 
-
 log = logging.getLogger(__name__)
 
 # libsndfile's log: "data : 176400 (should be 88178)" means the header promises more than the file

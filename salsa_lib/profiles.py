@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from salsa_lib.config import (CorrespondenceConfig, DataConfig, DemoConfig, EvaluationConfig, Stage1Config,
-                              Stage2Config, StageConfig)
+from salsa_lib.config import (
+    CorrespondenceConfig,
+    DataConfig,
+    DemoConfig,
+    EvaluationConfig,
+    Stage1Config,
+    Stage2Config,
+    StageConfig,
+)
 from salsa_lib.errors import ConfigError
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {

@@ -18,10 +18,18 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from salsa_lib import data_sources, paths
-from salsa_lib.clotho import CLOTHO_FILES, CLOTHO_SPLITS, CLOTHO_URL, _audio_complete, _has_md5, archive_name, local_path
+from salsa_lib.clotho import (
+    CLOTHO_FILES,
+    CLOTHO_SPLITS,
+    CLOTHO_URL,
+    _audio_complete,
+    _has_md5,
+    archive_name,
+    local_path,
+)
 from salsa_lib.config import MODEL_SAMPLE_RATE
-from salsa_lib.profiles import Profile
 from salsa_lib.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
+from salsa_lib.profiles import Profile
 
 PASST_FILE = "passt-s-f128-p16-s16-ap.468.pt"
 PASST_URL = f"https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audioset/{PASST_FILE}"

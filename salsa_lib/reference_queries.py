@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import DataError
+from salsa_lib.splits import preprocess_caption
 
 REFERENCE = Path(__file__).parent / "reference" / "readme_example_queries.csv"
 

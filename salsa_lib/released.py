@@ -16,11 +16,11 @@ from typing import Any, Mapping
 
 import torch
 
-from salsa_lib.profiles import PROFILES
 from salsa_lib.encoders import mel_frontend
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
 from salsa_lib.paths import data_dir
+from salsa_lib.profiles import PROFILES
 
 # The paper's architecture; no pretrained PaSST download, since every weight comes from the checkpoint.
 RELEASED_CONFIG = PROFILES["clotho"].stage1.replace(pretrained_audio=False)

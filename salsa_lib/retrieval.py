@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from salsa_lib import sounds
 from salsa_lib.audio import SAMPLE_RATE
 from salsa_lib.checkpoints import load_member
-from salsa_lib.splits import preprocess_caption
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.index_cache import CACHE_FORMAT, FileEntry, folder_lock, read_cache, write_cache
+from salsa_lib.splits import preprocess_caption
 from salsa_lib.vector_index import (BACKENDS, FAISS_THRESHOLD, AudioIndex, SearchResponse, SearchResult,  # noqa: F401
                                     format_time)
 

@@ -21,9 +21,9 @@ import pandas as pd
 
 from salsa_lib import paths
 from salsa_lib.config import EVERY_STAGE_FIELDS, StageConfig
-from salsa_lib.profiles import FORCE_STAGES, NOTEBOOK_STAGES, get_profile
 from salsa_lib.errors import ConfigError, SalsaError
 from salsa_lib.files import atomic_write_csv, atomic_write_json
+from salsa_lib.profiles import FORCE_STAGES, NOTEBOOK_STAGES, get_profile
 from salsa_lib.quiet import KERNEL_ARGUMENTS
 
 KERNEL_NAME = "salsa"  # registered by scripts/bootstrap.sh in the project's environment

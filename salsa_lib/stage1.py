@@ -5,15 +5,14 @@ Member k trains with seed + k. Reuse, resume and move-aside rules: ``run_folders
 
 from __future__ import annotations
 
-
 import lightning.pytorch as pl
 import pandas as pd
 
 from salsa_lib import data_sources, pretraining, reports, runs
 from salsa_lib.config import DataConfig, Stage1Config
-from salsa_lib.splits import split_fingerprint
 from salsa_lib.files import atomic_write_json
 from salsa_lib.run_folders import train_or_reuse
+from salsa_lib.splits import split_fingerprint
 from salsa_lib.training import RetrievalModule, fit, make_loaders
 
 

@@ -18,11 +18,11 @@ import torch
 from salsa_lib import correspondences, data_sources, reports, runs, synth
 from salsa_lib.checkpoints import load_member
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
-from salsa_lib.splits import split_fingerprint
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
 from salsa_lib.run_folders import checkpoint_hparams, epoch_metrics, train_or_reuse
+from salsa_lib.splits import split_fingerprint
 from salsa_lib.training import RetrievalModule, fit, make_loaders
 
 

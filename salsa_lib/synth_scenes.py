@@ -17,7 +17,6 @@ from scipy import signal
 from salsa_lib.splits import CAPTIONS_PER_CLIP
 from salsa_lib.synth_sounds import SYNTHESIZERS
 
-
 ATTRIBUTE_ORDER = ("pitch", "speed", "loudness", "position")
 VALUES = {"pitch": "low;high", "speed": "slow;fast", "loudness": "loud;quiet", "position": "beginning;end;throughout"}
 # position -> (onset range, offset range) as fractions of the clip: "beginning" ends before "end" starts
