@@ -172,6 +172,27 @@ def transformer_layers(model: nn.Module) -> nn.ModuleList:
     return model.encoder.layer
 
 
+# the names transformers' configs give the hidden and attention dropout, per family
+DROPOUT_FIELDS = (("hidden_dropout_prob", "attention_probs_dropout_prob"),  # BERT, RoBERTa, MiniLM
+                  ("dropout", "attention_dropout"),  # DistilBERT, BART, ...
+                  ("resid_pdrop", "attn_pdrop", "embd_pdrop"))  # GPT-2
+
+
+def with_dropout(config, dropout: float):
+    """``config`` with the text dropout (spec 4) under whatever names its family uses.
+
+    A family whose names are unknown is refused: silently training without the dropout would
+    change the method without a word.
+    """
+    names = [name for family in DROPOUT_FIELDS for name in family if hasattr(config, name)]
+    if not names:
+        raise ConfigError(f"{type(config).__name__} names its dropout in none of the ways known here "
+                          f"{[n for family in DROPOUT_FIELDS for n in family]}: text_dropout cannot be applied")
+    for name in names:
+        setattr(config, name, dropout)
+    return config
+
+
 def _without_pooler(config) -> dict:
     """``add_pooling_layer=False`` where the model class takes it (the first-token embedding never uses
     the pooler); other families have no pooler and refuse the argument."""
@@ -200,8 +221,7 @@ class TextEncoder(nn.Module):
 
     def _load(self, name: str, source: str, local: bool, dropout: float):
         try:
-            config = AutoConfig.from_pretrained(source, local_files_only=local, hidden_dropout_prob=dropout,
-                                                attention_probs_dropout_prob=dropout)
+            config = with_dropout(AutoConfig.from_pretrained(source, local_files_only=local), dropout)
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
             self.model = AutoModel.from_pretrained(source, config=config, local_files_only=local,
                                                    **_without_pooler(config))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from salsa_lib import encoders
-from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt, transformer_layers
+from salsa_lib.encoders import AudioEncoder, TextEncoder, build_passt, transformer_layers, with_dropout
 from salsa_lib.errors import ConfigError, DownloadError
 
 
@@ -82,6 +82,19 @@ def test_non_bert_text_encoder_trains_whole_or_is_refused_by_name(tiny_distilber
         assert whole(["a dog barks"]).shape == (1, 32)
     with pytest.raises(ConfigError, match="DistilBertModel.*text_trainable_layers=-1"):
         TextEncoder(tiny_distilbert, trainable_layers=1)
+
+
+def test_text_dropout_reaches_every_family(tiny_distilbert):
+    """The spec's text dropout under each family's own names (DistilBERT: dropout, attention_dropout)."""
+    encoder = TextEncoder(tiny_distilbert, dropout=0.3, trainable_layers=-1)
+    assert encoder.model.config.dropout == encoder.model.config.attention_dropout == 0.3
+    assert encoder.model.transformer.layer[0].attention.dropout.p == 0.3
+    from transformers import GPT2Config
+
+    gpt2 = with_dropout(GPT2Config(), 0.3)
+    assert gpt2.resid_pdrop == gpt2.attn_pdrop == gpt2.embd_pdrop == 0.3
+    with pytest.raises(ConfigError, match="text_dropout cannot be applied"):
+        with_dropout(type("OddConfig", (), {})(), 0.3)
 
 
 def test_transformer_layers_knows_the_bert_layout_only(minilm):
