@@ -1,4 +1,4 @@
-"""Captions CSV validation, split loading and the torch datasets (salsa_lib.splits)."""
+"""Captions CSV validation, split loading and the torch datasets (salsa_lib.splits), and notebook 00's data sources."""
 
 from __future__ import annotations
 
