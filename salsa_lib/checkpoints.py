@@ -63,17 +63,27 @@ def load_member(checkpoint: str | Path):
     return model.eval(), config
 
 
-def saved_config(checkpoint: str | Path) -> Stage1Config:
-    """The parameters a checkpoint of this project was trained with (its weights are not read)."""
+def _saved(checkpoint: str | Path, key: str, what: str):
+    """One entry of a training checkpoint, memory-mapped (its weights are not read)."""
     try:
-        return Stage1Config.from_params(_safe_load(Path(checkpoint))["hyper_parameters"]["params"])
+        return _safe_load(Path(checkpoint))[key]
     except (OSError, RuntimeError, KeyError, TypeError) as err:
-        raise DataError(f"{checkpoint}: no readable training parameters ({type(err).__name__}: {err})") from err
+        raise DataError(f"{checkpoint}: no readable {what} ({type(err).__name__}: {err})") from err
+
+
+def saved_hparams(checkpoint: str | Path) -> dict:
+    """What a training checkpoint was saved with: the model's ``params`` and the run's identity (``run``)."""
+    return _saved(checkpoint, "hyper_parameters", "training parameters")
+
+
+def saved_config(checkpoint: str | Path) -> Stage1Config:
+    """The parameters a checkpoint of this project was trained with."""
+    params = saved_hparams(checkpoint).get("params")
+    if not isinstance(params, dict):
+        raise DataError(f"{checkpoint}: no saved model parameters")
+    return Stage1Config.from_params(params)
 
 
 def saved_step(checkpoint: str | Path) -> int:
     """The optimizer step after which a training checkpoint was written: equal steps, equal weights."""
-    try:
-        return int(_safe_load(Path(checkpoint))["global_step"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{checkpoint}: no readable training step ({type(err).__name__}: {err})") from err
+    return int(_saved(checkpoint, "global_step", "training step"))

@@ -180,14 +180,19 @@ def _check_fit(model: torch.nn.Module, weights, origin, unknown, path) -> None:
 
 def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_pickle: bool = False):
     """Our DualEncoder (eval mode) with the released weights; ConfigError on any mismatch."""
+    return _load(path, config, trust_pickle)[0]
+
+
+def _load(path: str | Path, config, trust_pickle: bool):
+    """The model and the settings the checkpoint does not record, from one read of the (GB-sized) file."""
     checkpoint = _read(path, trust_pickle)
-    _refuse_other_settings(path, checkpoint, config)
+    unchecked = _refuse_other_settings(path, checkpoint, config)
     weights, origin, unknown, mel = _translate(checkpoint["state_dict"])
     _check_mel_buffers(mel)
     model = build_dual_encoder(config)
     _check_fit(model, weights, origin, unknown, path)
     model.load_state_dict(weights, strict=False)  # strict=False: only the optional heads may be absent
-    return model.eval()
+    return model.eval(), unchecked
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -247,6 +252,5 @@ def load_for_evaluation(path: str | Path, trust_pickle: bool = False, config=REL
     path = Path(path)
     if not path.exists():
         return None, f"released checkpoint not found at {path}: skipped (see README, 'Released checkpoint')"
-    model = load_released_checkpoint(path, config, trust_pickle=trust_pickle)
-    unchecked = check_hyperparameters(path, config, trust_pickle=trust_pickle)
+    model, unchecked = _load(path, config, trust_pickle)
     return (path, model, config), f"settings the checkpoint does not record (not compared): {unchecked or 'none'}"

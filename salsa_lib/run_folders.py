@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 
 from salsa_lib import provenance
+from salsa_lib.checkpoints import saved_hparams
 from salsa_lib.errors import DataError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.runs import RECORD
@@ -36,7 +36,7 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bo
         if reusable and not force:
             return record
         _move_aside(folder)
-    elif (folder / "checkpoints" / "last.ckpt").exists() and checkpoint_hparams(folder / "checkpoints" / "last.ckpt").get("run") != run:
+    elif (folder / "checkpoints" / "last.ckpt").exists() and saved_hparams(folder / "checkpoints" / "last.ckpt").get("run") != run:
         _move_aside(folder)
     start = time.perf_counter()
     metrics = train()
@@ -45,14 +45,6 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bo
               **metrics, **provenance.run_metadata()}
     atomic_write_json(record_path, record)
     return record
-
-
-def checkpoint_hparams(path: Path) -> dict:
-    """What a training checkpoint was saved with: the model's parameters and the run's identity."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    except (OSError, RuntimeError, AttributeError) as err:
-        raise DataError(f"{path}: not a readable training checkpoint ({type(err).__name__}: {err})") from err
 
 
 def attempts(folder: Path) -> int:

@@ -33,7 +33,7 @@ KERNEL_NAME = "salsa"  # registered by scripts/bootstrap.sh in the project's env
 class Step:
     notebook: Path
     config: StageConfig
-    stage: str = ""  # the key of STAGE_CONFIGS whose config this is (data, stage1, ...)
+    stage: str  # the key of STAGE_CONFIGS whose config this is (data, stage1, ...)
 
     @property
     def name(self) -> str:

@@ -15,13 +15,13 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from salsa_lib import correspondences, data_sources, reports, runs, synth
-from salsa_lib.checkpoints import load_member
+from salsa_lib import correspondences, data_sources, reports, runs
+from salsa_lib.checkpoints import load_member, saved_hparams
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
-from salsa_lib.run_folders import checkpoint_hparams, epoch_metrics, train_or_reuse
+from salsa_lib.run_folders import epoch_metrics, train_or_reuse
 from salsa_lib.splits import split_fingerprint
 from salsa_lib.training import RetrievalModule, fit, make_loaders
 
@@ -107,15 +107,15 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: 
 
 
 def _train_truth(data: DataConfig, train_split) -> tuple[torch.Tensor, str]:  # (matrix, file hash)
-    if data.dataset != "synthetic":
+    truth = data_sources.load_truth(data, "train")
+    if truth is None:
         raise ConfigError(f"teachers=truth needs the synthetic data set (its true correspondences are known); "
                           f"this profile uses {data.dataset!r}: leave truth out of teachers")
-    root = data_sources.locate(data).root
-    truth = synth.load_truth(root, data_sources.SPLITS["train"])
     if truth.shape != (train_split.n_clips, train_split.n_captions):
         raise DataError(f"the truth matrix {truth.shape} does not fit the training split "
                         f"({train_split.n_clips} clips, {train_split.n_captions} captions); were clips skipped?")
-    return torch.from_numpy(truth.toarray()), file_digest(root / f"synthetic_truth_{data_sources.SPLITS['train']}.npz")
+    truth_file = data_sources.locate(data).root / f"synthetic_truth_{data_sources.SPLITS['train']}.npz"
+    return torch.from_numpy(truth.toarray()), file_digest(truth_file)
 
 
 def train_student(config: Stage2Config, run: StudentRun, train_split, val_split, truth=None,
@@ -139,7 +139,7 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
 
     def fit_run() -> dict:
         pl.seed_everything(run.seed, workers=True, verbose=False)
-        member_params = checkpoint_hparams(init_checkpoint)["params"]
+        member_params = saved_hparams(init_checkpoint)["params"]
         training_fields = {k: v for k, v in config.to_params().items() if k in Stage1Config.field_names()}
         params = {**member_params, **training_fields, "seed": run.seed}
         train_set, train_loader, val_loader = make_loaders(Stage1Config.from_params(params), train_split, val_split)

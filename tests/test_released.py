@@ -8,7 +8,8 @@ import torch
 from salsa_lib.config import Stage1Config
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.model import build_dual_encoder
-from salsa_lib.released import RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters, load_released_checkpoint
+from salsa_lib.released import (RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters, load_for_evaluation,
+                                load_released_checkpoint)
 
 TINY = Stage1Config(passt_width=64, passt_depth=1, passt_heads=2, embed_dim=32, window_seconds=1.0,
                     train_seconds=1.0, eval_seconds=1.0)
@@ -140,6 +141,11 @@ def test_pickled_config_objects_are_read_as_inert_data(tmp_path, released, origi
     assert torch.equal(loaded.project_text.weight, original.project_text.weight)
     assert len(check_hyperparameters(path)) == 8 - 2  # both read from the stand-in's state
     assert len(check_hyperparameters(path, trust_pickle=True)) == 8 - 2
+    # notebook 04's entry point: the same model and the same unchecked settings from one read
+    (same_path, model, config), note = load_for_evaluation(path, config=TINY)
+    assert same_path == path and config is TINY
+    assert torch.equal(model.project_text.weight, original.project_text.weight)
+    assert note.endswith(str(check_hyperparameters(path)))  # the six settings the checkpoint does not record
 
 
 def test_code_in_the_pickle_does_not_run(tmp_path, released):
