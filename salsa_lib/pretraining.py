@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
 
-from salsa_lib import data_sources, paths, provenance, synth, synth_scenes
+from salsa_lib import data_sources, paths, precision, provenance, synth, synth_scenes
 from salsa_lib.config import MODEL_SAMPLE_RATE, DataConfig, Stage1Config
 from salsa_lib.encoders import SMALL_PASST, AudioEncoder, build_passt
 from salsa_lib.errors import ConfigError, DataError
@@ -77,7 +77,13 @@ def run_params(config: Stage1Config, data: DataConfig) -> dict:
             "seed": config.seed, "epochs": config.pretrain_epochs, "lr": config.pretrain_lr,
             "batch_size": config.batch_size, "width": config.passt_width, "depth": config.passt_depth,
             "heads": config.passt_heads, "window_seconds": config.window_seconds, "tags": len(tag_names()),
-            "precision": config.precision}
+            "precision": pretraining_precision(config)}
+
+
+def pretraining_precision(config: Stage1Config) -> str:
+    """The stage's precision as this CPU resolves it (pretraining runs on the CPU; fp16 needs a GPU)."""
+    resolved = precision.announce(config.precision, "cpu")
+    return resolved if precision.autocast_dtype(resolved) != torch.float16 else precision.CPU_FP32_PRECISION
 
 
 def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False) -> dict:
@@ -130,6 +136,7 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
     targets, length = torch.from_numpy(tags), torch.ones(len(audio))
     train_ids = np.arange(len(audio) - n_val)
     steps_per_epoch = max(1, len(train_ids) // config.batch_size)
+    use_bf16 = precision.autocast_dtype(pretraining_precision(config)) == torch.bfloat16
     total = steps_per_epoch * config.pretrain_epochs
     optimizer = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad]},
                                    {"params": head.parameters(), "lr": HEAD_LR_FACTOR * config.pretrain_lr}],
@@ -142,7 +149,7 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
         order, losses = rng.permutation(train_ids), []
         for step in range(steps_per_epoch):
             ids = torch.from_numpy(order[step * config.batch_size:(step + 1) * config.batch_size])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision.startswith("bf16")):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = head(encoder(None, length[ids], power=power[ids]))  # the stage's mixed precision
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets[ids])
             optimizer.zero_grad()

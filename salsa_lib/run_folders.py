@@ -47,6 +47,12 @@ def train_or_reuse(folder: Path, run: dict, train: Callable[[], dict], force: bo
     return record
 
 
+def announce_finished(record: dict) -> None:
+    """One line per finished run, where runs in worker processes cannot show progress bars."""
+    print(f"{record['folder']}: best epoch {record['best_epoch']}, val mAP@10 {record['val']['mAP@10']:.4f}, "
+          f"{record.get('precision', 'precision not recorded')}, {record['seconds']} s", flush=True)
+
+
 def attempts(folder: Path) -> int:
     """Each (re)start logs to its own CSV: Lightning's CSVLogger would delete the earlier one."""
     return len(list((folder / "logs").glob("attempt*")))

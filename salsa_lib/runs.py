@@ -15,10 +15,21 @@ from salsa_lib import paths
 from salsa_lib.errors import ConfigError, DataError
 
 MEMBERS_LISTING = "members.json"
+GRID_LISTING = "grid.json"  # stage 2: the runs of the latest grid (older folders may sit beside them)
 RECORD = "run.json"  # every training run's record: its parameters, data fingerprints, metrics
 # which weights of a training run are scored, and how metrics.csv names them
 WEIGHTS = {"best": "best val mAP@10 (our model selection)",
            "last": "last epoch (what the original's test numbers used; spec 12 item 8)"}
+
+
+# training fields that say how a run was scheduled on the machine, not what it computes: left out
+# of a run's identity, so changing them reuses finished runs
+SCHEDULING_FIELDS = ("parallel_runs",)
+
+
+def identity(params: dict) -> dict:
+    """A run's parameters as its identity for reuse and resume (without ``SCHEDULING_FIELDS``)."""
+    return {k: v for k, v in params.items() if k not in SCHEDULING_FIELDS}
 
 
 def stage1_dir(profile: str) -> Path:
@@ -85,10 +96,23 @@ def released_model(path: str | Path) -> dict:
             "distill_weight": None, "seed": None, "weights": "released", "checkpoint": Path(path)}
 
 
-def stage2_teacher_kinds(folder: Path) -> dict[str, tuple[str, int]]:
-    """Stage-2 model folder name -> (teacher kind, initial member), from each run record under ``folder``."""
+def stage2_grid(folder: Path) -> dict[str, tuple[str, int]]:
+    """Model folder -> (teacher kind, initial member) for exactly the runs of the latest stage-2 grid.
+
+    Read from ``grid.json`` and checked against each run's record, so a folder left from an earlier
+    grid or with other loss weights never joins a row of the verdict.
+    """
+    listing = Path(folder) / GRID_LISTING
+    if not listing.exists():
+        raise DataError(f"{listing} is missing: run stage 2 (notebook 03) to train its grid")
     out = {}
-    for record in sorted(Path(folder).glob(f"*/{RECORD}")):
-        run = json.loads(record.read_text())["run"]
-        out[record.parent.name] = (run["teachers"], run["init_member"])
+    for entry in json.loads(listing.read_text())["runs"]:
+        record_path = Path(folder) / entry["model"] / RECORD
+        if not record_path.exists():
+            raise DataError(f"{record_path} is missing: {entry['model']} of the stage-2 grid has not finished")
+        run = json.loads(record_path.read_text())["run"]
+        recorded = {key: run[key] for key in ("teachers", "init_member", "sup_weight", "distill_weight")}
+        if recorded != {key: entry[key] for key in recorded}:
+            raise DataError(f"{record_path} records {recorded}, but {listing} plans {entry}: rerun notebook 03")
+        out[entry["model"]] = (run["teachers"], run["init_member"])
     return out

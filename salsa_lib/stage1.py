@@ -8,10 +8,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pandas as pd
 
-from salsa_lib import data_sources, pretraining, reports, runs
+from salsa_lib import data_sources, parallel_runs, precision, pretraining, reports, runs
 from salsa_lib.config import DataConfig, Stage1Config
 from salsa_lib.files import atomic_write_json
-from salsa_lib.run_folders import train_or_reuse
+from salsa_lib.run_folders import announce_finished, train_or_reuse
 from salsa_lib.splits import split_fingerprint
 from salsa_lib.training import RetrievalModule, fit, make_loaders
 
@@ -22,11 +22,16 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True,
 
     ``pretrained``: the pretraining record when the caller already has it (else it is made or reused here).
     """
-    splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
+    data_sources.load_splits(data, splits=("train", "val"), progress=progress)  # audio caches built once, here
     if config.pretrain_clips and pretrained is None:
         pretrained = pretraining.pretrain_or_reuse(config, data, progress, force)
-    records = [train_member(config, k, splits["train"], splits["val"], progress, pretrained, force)
-               for k in range(config.members)]
+    workers, threads = parallel_runs.plan_workers(config, config.members)
+    if progress:
+        precision.announce(config.precision, config.accelerator)
+        if workers > 1:
+            print(f"training {config.members} members in {workers} processes, {threads} thread(s) each", flush=True)
+    jobs = [(config, data, k, progress and workers == 1, pretrained, force) for k in range(config.members)]
+    records = parallel_runs.run_all(_member_job, jobs, workers, threads, announce_finished if progress and workers > 1 else None)
     atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
                       {"members": [r["folder"] for r in records], "params": config.to_params()})
     table = pd.DataFrame([{"member": k, "seed": r["run"]["seed"], "best_epoch": r["best_epoch"],
@@ -35,12 +40,20 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True,
     return table
 
 
+def _member_job(config: Stage1Config, data: DataConfig, member: int, progress: bool, pretrained: dict | None,
+                force: bool) -> dict:
+    """One member from the data config alone: what a worker process of ``parallel_runs`` runs."""
+    splits = data_sources.load_splits(data, splits=("train", "val"), progress=False)
+    return train_member(config, member, splits["train"], splits["val"], progress, pretrained, force)
+
+
 def train_member(config: Stage1Config, member: int, train, val, progress: bool = True,
                  pretrained: dict | None = None, force: bool = False) -> dict:
     """``pretrained``: the record of ``pretraining.pretrain_or_reuse``, whose weights start the PaSST."""
     params = {**config.to_params(), "seed": config.seed + member}
-    # the data are part of the run's identity: a regenerated data set must not reuse old members
-    run = {**params, "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
+    # the data are part of the run's identity: a regenerated data set must not reuse old members;
+    # how many runs shared the machine is not (it changes no result beyond rounding)
+    run = {**runs.identity(params), "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
     if pretrained is not None:  # and so are the pretrained weights it starts from
         run["pretrained_audio_sha256"] = pretrained["checkpoint_sha256"]
 

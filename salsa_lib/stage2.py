@@ -15,13 +15,13 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from salsa_lib import correspondences, data_sources, reports, runs
+from salsa_lib import correspondences, data_sources, parallel_runs, precision, reports, runs
 from salsa_lib.checkpoints import load_member, saved_hparams
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.files import file_digest
+from salsa_lib.files import atomic_write_json, file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
-from salsa_lib.run_folders import epoch_metrics, train_or_reuse
+from salsa_lib.run_folders import announce_finished, epoch_metrics, train_or_reuse
 from salsa_lib.splits import split_fingerprint
 from salsa_lib.training import RetrievalModule, fit, make_loaders
 
@@ -99,11 +99,28 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: 
         raise ConfigError(f"students={config.students}, but stage 1 trained {len(listed)} members: student k "
                           f"starts from member k, so train more members or ask for fewer students")
     splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
-    truth = None
     if "truth" in config.teacher_kinds:
-        truth = _train_truth(data, splits["train"])
-    return [train_student(config, run, splits["train"], splits["val"], truth, progress, force)
-            for run in planned_runs(config)]
+        _train_truth(data, splits["train"])  # refused here, before any run starts, when it cannot be had
+    planned = planned_runs(config)
+    workers, threads = parallel_runs.plan_workers(config, len(planned))
+    if progress:
+        precision.announce(config.precision, config.accelerator)
+        if workers > 1:
+            print(f"training {len(planned)} students in {workers} processes, {threads} thread(s) each", flush=True)
+    jobs = [(config, data, run, progress and workers == 1, force) for run in planned]
+    records = parallel_runs.run_all(_student_job, jobs, workers, threads,
+                                    announce_finished if progress and workers > 1 else None)
+    atomic_write_json(runs.stage2_dir(config.profile) / runs.GRID_LISTING,
+                      {"runs": [{"model": run_dir(config.profile, run).name, **asdict(run)} for run in planned],
+                       "params": runs.identity(config.to_params())})
+    return records
+
+
+def _student_job(config: Stage2Config, data: DataConfig, run: StudentRun, progress: bool, force: bool) -> dict:
+    """One stage-2 run from the data config alone: what a worker process of ``parallel_runs`` runs."""
+    splits = data_sources.load_splits(data, splits=("train", "val"), progress=False)
+    truth = _train_truth(data, splits["train"]) if run.teachers == "truth" else None
+    return train_student(config, run, splits["train"], splits["val"], truth, progress, force)
 
 
 def _train_truth(data: DataConfig, train_split) -> tuple[torch.Tensor, str]:  # (matrix, file hash)
@@ -129,7 +146,7 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
     init_checkpoint = runs.checkpoint(init_folder)
     verified = {f.name: p["checkpoint_sha256"] for f, p in zip(teachers, payloads)}  # hashed by load_embeddings
     grid = {"teachers", "students", "seed", "sup_weight", "distill_weight"}
-    record = {**{k: v for k, v in config.to_params().items() if k not in grid}, **asdict(run),
+    record = {**{k: v for k, v in runs.identity(config.to_params()).items() if k not in grid}, **asdict(run),
               "teacher_members": [f.name for f in teachers] or (["truth"] if run.teachers == "truth" else []),
               "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
               "init_checkpoint": verified.get(init_folder.name) or file_digest(init_checkpoint),

@@ -17,7 +17,6 @@ import torch
 
 from salsa_lib.splits import ClothoSplit
 
-SPECTROGRAM_CACHE_BYTES = 2 * 1024**3  # beyond this (e.g. ClothoV2 at 30 s) the STFT runs every step
 CHUNK = 32  # clips or captions per forward pass while filling a cache
 
 
@@ -29,13 +28,18 @@ class StepCache:
     text: list[torch.Tensor] | None
 
     @classmethod
-    def build(cls, model, split: ClothoSplit, n_samples: int, captions: list[str]) -> "StepCache | None":
-        """Shared within the process: the ensemble members and stage-2 runs of one kernel reuse it."""
-        key = (str(split.audio.array_path), n_samples)
+    def build(cls, model, split: ClothoSplit, n_samples: int, captions: list[str],
+              max_bytes: float) -> "StepCache | None":
+        """Shared within the process: the ensemble members and stage-2 runs of one kernel reuse it.
+
+        ``max_bytes``: the largest spectrogram store worth keeping (beyond it, e.g. ClothoV2 at 30 s,
+        the STFT runs every step).
+        """
+        key = (str(split.audio.array_path), n_samples, max_bytes)
         if key not in _POWER:
             if len(_POWER) >= 4:  # train and val of one data set in practice; bounded regardless
                 _POWER.clear()
-            _POWER[key] = spectrograms(model.audio_encoder, split, n_samples)
+            _POWER[key] = spectrograms(model.audio_encoder, split, n_samples, max_bytes)
         text = frozen_text_states(model.text_encoder, captions) if model.text_encoder.bottom_frozen else None
         power = _POWER[key]
         return cls(power, text) if power is not None or text is not None else None
@@ -65,17 +69,17 @@ def frozen_text_states(text_encoder, captions: list[str]) -> list[torch.Tensor]:
     return [_TEXT[weights, c] for c in captions]
 
 
-def spectrograms(encoder, split: ClothoSplit, n_samples: int) -> torch.Tensor | None:
+def spectrograms(encoder, split: ClothoSplit, n_samples: int, max_bytes: float) -> torch.Tensor | None:
     """Every clip's power spectrograms, zero-padded to ``n_samples`` as the data sets pad them.
 
     Only when that is what every step sees: no clip is longer than ``n_samples`` (longer clips are
-    cropped at random in training) and the cache fits in ``SPECTROGRAM_CACHE_BYTES``.
+    cropped at random in training) and the cache fits in ``max_bytes``.
     """
     if split.n_clips == 0 or int(np.max(split.audio.lengths)) > n_samples:
         return None
     device = next(encoder.parameters()).device
     probe = encoder.power(torch.zeros(1, n_samples, device=device))
-    if probe.numel() * 4 * split.n_clips > SPECTROGRAM_CACHE_BYTES:
+    if probe.numel() * 4 * split.n_clips > max_bytes:
         return None
     out = torch.empty((split.n_clips, *probe.shape[1:]), dtype=torch.float32)
     for start in range(0, split.n_clips, CHUNK):

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.distributed.nn.functional import all_gather
 from torch.utils.data import DataLoader, RandomSampler
 
+from salsa_lib import precision
 from salsa_lib.config import Stage1Config
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
@@ -67,12 +68,13 @@ class RetrievalModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         """Compute once what every step would recompute (see ``StepCache``); on the training device."""
+        limit = self.config.spectrogram_cache_gb * 1024**3
         if self.train_set is not None:
             self._train_cache = StepCache.build(self.model, self.train_set.split, self.train_set.n_samples,
-                                                self.train_set.captions)
+                                                self.train_set.captions, limit)
             if self.val_split is not None:
                 self._val_cache = StepCache.build(self.model, self.val_split, self.val_samples,
-                                                  [c for clip in self.val_split.captions for c in clip])
+                                                  [c for clip in self.val_split.captions for c in clip], limit)
 
     def _embed(self, batch: dict, cache: "StepCache | None", caption_ids, captions) -> tuple:
         power = cache.power_of(batch["audio_idx"], batch["audio"].device) if cache else None
@@ -182,9 +184,10 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
     # so a resume would repeat every epoch since the best one. Both save after validation.
     last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", save_top_k=1,
                            save_on_train_epoch_end=False, enable_version_counter=False)
+    resolved = precision.announce(config.precision, config.accelerator)
     trainer = pl.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        num_nodes=config.num_nodes, strategy=config.strategy, precision=resolved,
         accumulate_grad_batches=config.accumulate_grad_batches,
         callbacks=[checkpoint, last, _EpochAwareCrops(train_set)],
         logger=CSVLogger(folder, name="logs", version=f"attempt{attempts(folder)}"), log_every_n_steps=1,
@@ -195,4 +198,4 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
     last = folder / "checkpoints" / "last.ckpt"
     resume = str(last) if config.resume and last.exists() else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
-    return best_epoch_metrics(folder)
+    return {**best_epoch_metrics(folder), "precision": resolved}

@@ -35,55 +35,72 @@ def oracle_map_at_k(truth, k: int = 10) -> float:
 
 
 def stage2_kinds(stage2_dir: Path) -> pd.DataFrame:
-    """model folder -> teacher kind and initial member, from each stage-2 run record."""
+    """model folder -> teacher kind and initial member, for exactly the runs of the latest grid."""
     rows = [{"model": model, "kind": kind, "student": student}
-            for model, (kind, student) in runs.stage2_teacher_kinds(stage2_dir).items()]
+            for model, (kind, student) in runs.stage2_grid(stage2_dir).items()]
     return pd.DataFrame(rows, columns=["model", "kind", "student"])
 
 
 def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
-    """metrics.csv rows as (kind, student, metrics): stage-1 members are the ``i = j`` kind, student = member.
-
-    One row per model: its best-validation weights (metrics.csv also scores the last epoch's).
-    """
-    if "weights" in table:
-        table = table[table["weights"] == "best"]
-    if table.model.duplicated().any():
-        raise ValueError(f"metrics.csv lists {sorted(set(table.model[table.model.duplicated()]))} more than once: "
-                         "cannot pair the seeds")
+    """metrics.csv rows as (kind, student, weights, metrics): stage-1 members are the ``i = j`` kind,
+    student = member; stage 2 is the latest grid, every run of which must have been scored."""
+    if "weights" not in table:
+        table = table.assign(weights="best")
+    if table.duplicated(["model", "weights"]).any():
+        twice = sorted(set(table.model[table.duplicated(["model", "weights"])]))
+        raise ValueError(f"metrics.csv lists {twice} more than once per weights: cannot pair the seeds")
     stage1 = table[table.stage.astype(str) == "1"].assign(
         kind="i = j (stage 1)", student=lambda d: d.model.str.removeprefix("member").astype(int))
-    stage2 = table[table.stage.astype(str) == "2"].merge(stage2_kinds(stage2_dir), on="model", how="inner")
-    return pd.concat([stage1, stage2])[["kind", "student", "model", *METRICS]].reset_index(drop=True)
+    grid = stage2_kinds(stage2_dir)
+    unscored = sorted(set(grid.model) - set(table.model))
+    if unscored:
+        raise ValueError(f"stage-2 run(s) {unscored} of the latest grid are not in metrics.csv: rerun notebook 04")
+    stage2 = table[table.stage.astype(str) == "2"].merge(grid, on="model", how="inner")
+    columns = ["kind", "student", "weights", "model", *METRICS]
+    return pd.concat([stage1, stage2])[columns].reset_index(drop=True)
+
+
+def _paired(group: pd.DataFrame, reference: pd.DataFrame, metric: str, name: str) -> dict:
+    """Mean, std (ddof 1) and wins of ``group - reference``, student by student."""
+    paired = group[metric] - reference[metric].reindex(group.index)
+    if paired.notna().sum() == 0:
+        return {}
+    return {f"{metric} Δ {name} mean": paired.mean(), f"{metric} Δ {name} std": paired.std(ddof=1),
+            f"{metric} Δ {name} wins": f"{int((paired > 0).sum())}/{int(paired.notna().sum())}"}
 
 
 def paired_table(seeds: pd.DataFrame, chance: dict, oracle: dict, quality: dict | None = None) -> pd.DataFrame:
-    """One row per kind: mean and std (ddof 1) over students, and the paired difference to the control.
+    """One row per kind and weights: mean and std (ddof 1) over students, and the paired differences
+    to the control (same initial member, seed, epochs and weights) and to the initial stage-1 member
+    (its best-validation weights: where the student started).
 
     ``chance`` and ``oracle`` map metric names to fixed values; ``quality`` maps a kind to the
     ROC-AUC and AP of its estimate of the training correspondences (absent: left empty).
     """
-    control = seeds[seeds.kind == "control"].set_index("student")
+    if "weights" not in seeds:
+        seeds = seeds.assign(weights="best")
+    initial = seeds[(seeds.kind == "i = j (stage 1)") & (seeds.weights == "best")].set_index("student")
     rows = []
     for kind in ROWS:
-        row = {"system": kind}
         if kind in ("chance", "oracle ranking"):
             source = chance if kind == "chance" else oracle
-            row.update({f"{m} mean": source.get(m, np.nan) for m in METRICS}, seeds=0)
-        else:
-            group = seeds[seeds.kind == kind].set_index("student").sort_index()
+            rows.append({"system": kind, "weights": "", "seeds": 0, **{f"{m} mean": source.get(m, np.nan) for m in METRICS}})
+            continue
+        for weights in [w for w in runs.WEIGHTS if w in set(seeds.weights)]:
+            chosen = seeds[seeds.weights == weights]
+            group = chosen[chosen.kind == kind].set_index("student").sort_index()
             if group.empty:
                 continue
-            row["seeds"] = len(group)
+            control = chosen[chosen.kind == "control"].set_index("student")
+            row = {"system": kind, "weights": weights, "seeds": len(group)}
             for m in METRICS:
                 row[f"{m} mean"], row[f"{m} std"] = group[m].mean(), group[m].std(ddof=1)
-                paired = group[m] - control[m].reindex(group.index)
-                if kind != "control" and paired.notna().any():
-                    row[f"{m} Δ control mean"] = paired.mean()
-                    row[f"{m} Δ control std"] = paired.std(ddof=1)
-                    row[f"{m} Δ control wins"] = f"{int((paired > 0).sum())}/{int(paired.notna().sum())}"
-        row.update((quality or {}).get(kind, {}))
-        rows.append(row)
+                if kind != "control":
+                    row.update(_paired(group, control, m, "control"))
+                if kind != "i = j (stage 1)":
+                    row.update(_paired(group, initial, m, "stage 1"))
+            row.update((quality or {}).get(kind, {}))
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -121,27 +138,35 @@ def verdict_from_files(results: Path, truth) -> pd.DataFrame:
 
 
 def plot_verdict(table: pd.DataFrame):
-    """Left: each system's test metrics (mean ± std over seeds), chance and oracle as lines.
-    Right: each teacher kind minus the control, per student (points) and on average (bars ± std)."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 2]})
-    systems = table[~table.system.isin(["chance", "oracle ranking"])].reset_index(drop=True)
-    x, width = np.arange(len(systems)), 0.38
-    for shift, m, color in ((-width / 2, "mAP@10", "tab:blue"), (width / 2, "multi mAP@10", "tab:orange")):
-        axes[0].bar(x + shift, systems[f"{m} mean"], width, yerr=systems.get(f"{m} std"), capsize=3, color=color, label=m)
-        for system, style in (("chance", ":"), ("oracle ranking", "--")):
-            value = table.loc[table.system == system, f"{m} mean"]
-            if len(value):
-                axes[0].axhline(float(value.iloc[0]), ls=style, color=color, lw=1, label=f"{system} ({m})")
-    axes[0].set(xticks=x, xticklabels=systems.system, ylabel="test score", title="test split, mean ± std over seeds")
-    axes[0].legend(fontsize=7, ncol=2)
-    paired = systems.dropna(subset=["mAP@10 Δ control mean"]) if "mAP@10 Δ control mean" in systems else systems.iloc[:0]
-    x = np.arange(len(paired))
-    for shift, m, color in ((-width / 2, "mAP@10", "tab:blue"), (width / 2, "multi mAP@10", "tab:orange")):
-        axes[1].bar(x + shift, paired[f"{m} Δ control mean"], width, yerr=paired[f"{m} Δ control std"], capsize=3,
-                    color=color, label=m)
+    """Left: each system's test mAP@10 by weights (mean ± std over seeds), chance as a line.
+    Right: each stage-2 kind minus its control, student by student, on average (bars ± std)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    systems = table[~table.system.isin(["chance", "oracle ranking"])]
+    names = list(dict.fromkeys(systems.system))
+    kinds = [w for w in runs.WEIGHTS if w in set(systems.weights)]
+    width = 0.8 / max(1, len(kinds))
+    colors = {"best": "tab:blue", "last": "tab:orange"}
+    for k, weights in enumerate(kinds):
+        rows = systems[systems.weights == weights].set_index("system").reindex(names)
+        x = np.arange(len(names)) + (k - (len(kinds) - 1) / 2) * width
+        axes[0].bar(x, 100 * rows["mAP@10 mean"], width, yerr=100 * rows["mAP@10 std"], capsize=3,
+                    color=colors.get(weights), label=f"{weights} weights")
+        if "mAP@10 Δ control mean" in rows:
+            axes[1].bar(x, 100 * rows["mAP@10 Δ control mean"], width, yerr=100 * rows["mAP@10 Δ control std"],
+                        capsize=3, color=colors.get(weights), label=f"{weights} weights")
+    chance = table.loc[table.system == "chance", "mAP@10 mean"]
+    if len(chance):
+        axes[0].axhline(100 * float(chance.iloc[0]), ls=":", color="gray", label="chance")
+    top = float(100 * (systems["mAP@10 mean"] + systems["mAP@10 std"].fillna(0)).max())
+    oracle = table.loc[table.system == "oracle ranking", "mAP@10 mean"]
+    ceiling = f"; oracle ranking {100 * float(oracle.iloc[0]):.1f}" if len(oracle) else ""
+    axes[0].set(xticks=np.arange(len(names)), xticklabels=names, ylabel="test mAP@10 (%)", ylim=(0, top * 1.15),
+                title=f"test mAP@10, mean ± std over seeds{ceiling}")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[1].axhline(0, color="black", lw=0.8)
-    axes[1].set(xticks=x, xticklabels=paired.system, ylabel="difference to the control",
-                title="paired difference to the control (same member, seed, epochs)")
-    axes[1].legend(fontsize=7)
+    axes[1].set(xticks=np.arange(len(names)), xticklabels=names, ylabel="Δ mAP@10 to the control (points)",
+                title="minus the control (same member and seed)")
+    axes[1].tick_params(axis="x", rotation=20)
+    axes[0].tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig

@@ -10,7 +10,17 @@ from salsa_lib.profiles import DRYRUN_CHANGES, PROFILES
 from salsa_lib.splits import preprocess_caption, read_captions_csv
 from salsa_lib.fake_clotho import METADATA_COLUMNS, install_fake_clotho
 
-HARDWARE = {"batch_size", "eval_batch_size", "embed_batch_size", "precision", "accelerator", "num_workers"}
+HARDWARE = {"batch_size", "eval_batch_size", "embed_batch_size", "precision", "accelerator", "num_workers",
+            "spectrogram_cache_gb"}
+
+
+def test_the_dry_run_computes_the_stft_every_step_as_the_paper_run_must():
+    """ClothoV2's spectrograms at 30 s exceed any cache; two fake clips would fit one, so the dry run
+    sets the limit to 0 to walk the paper's per-step STFT under autocast."""
+    dryrun = PROFILES["clotho-dryrun"]
+    assert dryrun.stage1.spectrogram_cache_gb == dryrun.stage2.spectrogram_cache_gb == 0.0
+    clips, windows, bins, frames = 3839, 3, 513, 1001  # ClothoV2 development at 30 s as 3 x 10 s windows
+    assert clips * windows * bins * frames * 4 > PROFILES["clotho"].stage1.spectrogram_cache_gb * 1024**3
 
 
 def test_dryrun_differs_from_clotho_only_where_it_says():

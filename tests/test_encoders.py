@@ -208,9 +208,12 @@ def test_step_cache_stores_the_padded_clips_spectrograms(tiny_home):
 
     split = data_sources.load_splits(data_sources.load_data_config("test"), ("val",), progress=False)["val"]
     encoder = AudioEncoder(build_passt("passt_small", 1.0, width=32, depth=1, heads=2), 1.0)
-    power = spectrograms(encoder, split, 40000)  # 1.25 s: every clip is padded
+    power = spectrograms(encoder, split, 40000, max_bytes=2**30)  # 1.25 s: every clip is padded
     waves = torch.zeros(split.n_clips, 40000)
     for i in range(split.n_clips):
         waves[i, :len(split.audio[i])] = torch.from_numpy(split.audio[i])
     assert torch.allclose(power, encoder.power(waves))
-    assert spectrograms(encoder, split, 16000) is None  # shorter than the clips: random crops, nothing to store
+    assert spectrograms(encoder, split, 16000, max_bytes=2**30) is None  # shorter than the clips: random crops
+    # beyond the limit (the paper's ClothoV2, and its dry run with the limit at 0) the STFT runs every step
+    assert spectrograms(encoder, split, 40000, max_bytes=power.numel() * 4 - 1) is None
+    assert spectrograms(encoder, split, 40000, max_bytes=0) is None

@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from salsa_lib import metrics, verdict
+from salsa_lib.errors import DataError
 
 
 def test_oracle_map_matches_an_enumeration_of_the_oracle_orders():
@@ -27,46 +28,103 @@ def test_oracle_map_matches_an_enumeration_of_the_oracle_orders():
     assert verdict.oracle_map_at_k(many, k=3) == pytest.approx(sum(1 / r for r in (1, 2, 3)) / 12)
 
 
-def _write_results(folder, rows, kinds):
+def _run(kind, student):
+    return {"teachers": kind, "init_member": student, "sup_weight": 1.0 if kind == "control" else 0.0,
+            "distill_weight": 0.0 if kind == "control" else 1.0}
+
+
+def _write_results(folder, rows, kinds, stale=()):
+    """metrics.csv, the grid listing of ``kinds`` and a run record for each; ``stale``: folders of an
+    earlier grid (recorded and scored, but not listed)."""
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
-    for model, (kind, student) in kinds.items():
+    for model, (kind, student) in [*kinds.items(), *stale]:
         (folder / "stage2" / model).mkdir(parents=True)
-        (folder / "stage2" / model / "run.json").write_text(json.dumps({"run": {"teachers": kind, "init_member": student}}))
+        (folder / "stage2" / model / "run.json").write_text(json.dumps({"run": _run(kind, student)}))
+    grid = [{"model": model, **_run(kind, student)} for model, (kind, student) in kinds.items()]
+    (folder / "stage2" / "grid.json").write_text(json.dumps({"runs": grid}))
 
 
-def test_paired_table_from_files(tmp_path):
+def _grid_rows(values, last_offset=0.0):
+    """metrics.csv rows of 3 members and 3 students per kind in ``values``; last weights = best + offset."""
     rows = [{"stage": 1, "model": f"member{k}", "mAP@10": v, "multi mAP@10": v + 0.1}
             for k, v in enumerate((0.30, 0.20, 0.25))]
-    kinds, values = {}, {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    kinds = {}
     for kind, per_student in values.items():
         for k, v in enumerate(per_student):
             rows.append({"stage": 2, "model": f"{kind}_from_member{k}", "mAP@10": v, "multi mAP@10": 2 * v})
             kinds[f"{kind}_from_member{k}"] = (kind, k)
     rows = [{**row, "weights": "best"} for row in rows]
-    rows += [{**row, "weights": "last", "mAP@10": 0.99} for row in rows]  # the last-epoch rows are not paired
-    _write_results(tmp_path / "results", rows[::-1], kinds)  # file order must not matter
-    (tmp_path / "results" / "tables").mkdir()
+    rows += [{**row, "weights": "last", "mAP@10": row["mAP@10"] + last_offset} for row in rows]
+    return rows, kinds
+
+
+def _quality(results):
+    (results / "tables").mkdir()
     pd.DataFrame({"estimate": ["i = j (stage-1 assumption)", "member0", "member1", "member2", "ensemble"],
                   "ROC-AUC": [0.6, 0.8, 0.7, 0.9, 0.95], "AP": [0.2, 0.4, 0.3, 0.5, 0.6]}).to_csv(
-        tmp_path / "results" / "tables" / "correspondence_quality.csv", index=False)
-    truth = sp.csr_matrix(np.repeat(np.eye(5, dtype=bool), 5, axis=1))  # test split: 5 clips, only own captions
-    table = verdict.verdict_from_files(tmp_path / "results", truth).set_index("system")
+        results / "tables" / "correspondence_quality.csv", index=False)
 
-    assert list(table.index) == ["chance", "i = j (stage 1)", "control", "ensemble", "oracle ranking"]
-    assert table.loc["chance", "mAP@10 mean"] == pytest.approx(metrics.chance_map_at_k(5))
-    assert table.loc["oracle ranking", "mAP@10 mean"] == pytest.approx(1.0)  # one true clip per caption
+
+TRUTH_5 = sp.csr_matrix(np.repeat(np.eye(5, dtype=bool), 5, axis=1))  # test split: 5 clips, only own captions
+
+
+def test_paired_table_from_files(tmp_path):
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    rows, kinds = _grid_rows(values, last_offset=0.05)
+    _write_results(tmp_path / "results", rows[::-1], kinds)  # file order must not matter
+    _quality(tmp_path / "results")
+    table = verdict.verdict_from_files(tmp_path / "results", TRUTH_5)
+    best = table[table.weights.isin(["best", ""])].set_index("system")
+    last = table[table.weights == "last"].set_index("system")
+
+    assert list(best.index) == ["chance", "i = j (stage 1)", "control", "ensemble", "oracle ranking"]
+    assert list(last.index) == ["i = j (stage 1)", "control", "ensemble"]
+    assert best.loc["chance", "mAP@10 mean"] == pytest.approx(metrics.chance_map_at_k(5))
+    assert best.loc["oracle ranking", "mAP@10 mean"] == pytest.approx(1.0)  # one true clip per caption
     diff = np.subtract(values["ensemble"], values["control"])
-    assert table.loc["ensemble", "mAP@10 mean"] == pytest.approx(np.mean(values["ensemble"]))
-    assert table.loc["ensemble", "mAP@10 std"] == pytest.approx(np.std(values["ensemble"], ddof=1))
-    assert table.loc["ensemble", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())
-    assert table.loc["ensemble", "mAP@10 Δ control std"] == pytest.approx(diff.std(ddof=1))
-    assert table.loc["ensemble", "mAP@10 Δ control wins"] == "2/3"
-    assert table.loc["ensemble", "multi mAP@10 Δ control mean"] == pytest.approx(2 * diff.mean())
-    assert table.loc["i = j (stage 1)", "seeds"] == 3 and pd.isna(table.loc["control", "mAP@10 Δ control mean"])
-    assert table.loc["ensemble", "estimate AP"] == 0.6
-    assert table.loc["i = j (stage 1)", "estimate ROC-AUC"] == 0.6
-    assert pd.isna(table.loc["control", "estimate AP"])
+    assert best.loc["ensemble", "mAP@10 mean"] == pytest.approx(np.mean(values["ensemble"]))
+    assert best.loc["ensemble", "mAP@10 std"] == pytest.approx(np.std(values["ensemble"], ddof=1))
+    assert best.loc["ensemble", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())
+    assert best.loc["ensemble", "mAP@10 Δ control std"] == pytest.approx(diff.std(ddof=1))
+    assert best.loc["ensemble", "mAP@10 Δ control wins"] == "2/3"
+    assert best.loc["ensemble", "multi mAP@10 Δ control mean"] == pytest.approx(2 * diff.mean())
+    # the paired difference to the initial member: its best weights, where the student started
+    from_member = np.subtract(values["ensemble"], (0.30, 0.20, 0.25))
+    assert best.loc["ensemble", "mAP@10 Δ stage 1 mean"] == pytest.approx(from_member.mean())
+    assert best.loc["ensemble", "mAP@10 Δ stage 1 wins"] == "3/3"
+    assert last.loc["ensemble", "mAP@10 Δ stage 1 mean"] == pytest.approx(from_member.mean() + 0.05)
+    assert last.loc["ensemble", "mAP@10 mean"] == pytest.approx(np.mean(values["ensemble"]) + 0.05)
+    assert last.loc["ensemble", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())  # last vs last
+    assert last.loc["i = j (stage 1)", "mAP@10 mean"] == pytest.approx(0.25 + 0.05)
+    assert best.loc["i = j (stage 1)", "seeds"] == 3 and pd.isna(best.loc["control", "mAP@10 Δ control mean"])
+    assert pd.isna(best.loc["i = j (stage 1)", "mAP@10 Δ stage 1 mean"])
+    assert best.loc["ensemble", "estimate AP"] == 0.6
+    assert best.loc["i = j (stage 1)", "estimate ROC-AUC"] == 0.6
+    assert pd.isna(best.loc["control", "estimate AP"])
+
+
+def test_runs_outside_the_latest_grid_never_join_a_row(tmp_path):
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    rows, kinds = _grid_rows(values)
+    stale = [("ensemble_from_member0_sup1_dist1", ("ensemble", 0)), ("ensemble_from_member3", ("ensemble", 3))]
+    rows += [{"stage": 2, "model": model, "mAP@10": 0.9, "multi mAP@10": 0.9, "weights": "best"} for model, _ in stale]
+    _write_results(tmp_path / "results", rows, kinds, stale=stale)
+    table = verdict.verdict_from_files(tmp_path / "results", TRUTH_5).set_index(["system", "weights"])
+    assert table.loc[("ensemble", "best"), "seeds"] == 3
+    assert table.loc[("ensemble", "best"), "mAP@10 mean"] == pytest.approx(np.mean(values["ensemble"]))
+
+
+def test_a_grid_run_that_was_not_scored_or_records_other_weights_is_refused(tmp_path):
+    rows, kinds = _grid_rows({"control": (0.3, 0.2, 0.2), "ensemble": (0.3, 0.2, 0.2)})
+    _write_results(tmp_path / "a", [r for r in rows if r["model"] != "ensemble_from_member2"], kinds)
+    with pytest.raises(ValueError, match="ensemble_from_member2"):
+        verdict.verdict_from_files(tmp_path / "a", TRUTH_5)
+    _write_results(tmp_path / "b", rows, kinds)
+    record = tmp_path / "b" / "stage2" / "ensemble_from_member1" / "run.json"
+    record.write_text(json.dumps({"run": {**_run("ensemble", 1), "sup_weight": 1.0}}))
+    with pytest.raises(DataError, match="ensemble_from_member1"):
+        verdict.verdict_from_files(tmp_path / "b", TRUTH_5)
 
 
 def test_a_kind_is_paired_only_with_the_control_of_the_same_student():

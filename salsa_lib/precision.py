@@ -1,0 +1,86 @@
+"""Training precision chosen by the hardware: ``precision = "auto"`` resolves here, once per process.
+
+The paper trains in fp16 AMP on a GPU. On a CPU, bf16 autocast only pays where the CPU computes
+bf16 natively (AVX-512 BF16 or AMX on x86, the BF16 extension on Arm); elsewhere PyTorch emulates
+it and a bf16 matmul runs ~100 times slower than fp32, so those CPUs train in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+
+AUTO = "auto"
+GPU_PRECISION = "16-mixed"  # the paper's fp16 AMP
+CPU_BF16_PRECISION = "bf16-mixed"
+CPU_FP32_PRECISION = "32-true"
+# /proc/cpuinfo flags of a CPU with native bf16 arithmetic: x86 (AVX-512 BF16, AMX) and Arm (BF16)
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where the file does not exist."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (Apple silicon, without /proc/cpuinfo, is taken as not)."""
+    return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
+
+
+def uses_gpu(accelerator: str) -> bool:
+    """Lightning's rule for ``accelerator``: gpu, or auto on a machine with CUDA."""
+    return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve(precision: str, accelerator: str, native_bf16: bool | None = None) -> str:
+    """The Lightning precision to train with: ``precision`` itself unless it is ``auto``.
+
+    ``native_bf16``: the CPU's answer, injected by tests; None asks this machine.
+    """
+    if precision != AUTO:
+        return precision
+    if uses_gpu(accelerator):
+        return GPU_PRECISION
+    if native_bf16 is None:
+        native_bf16 = cpu_has_native_bf16()
+    return CPU_BF16_PRECISION if native_bf16 else CPU_FP32_PRECISION
+
+
+def reason(resolved: str) -> str:
+    """Why ``auto`` chose ``resolved``, in words for the log."""
+    return {GPU_PRECISION: "a GPU: the paper's fp16 AMP",
+            CPU_BF16_PRECISION: f"this CPU ({platform.machine()}) computes bf16 natively",
+            CPU_FP32_PRECISION: f"this CPU ({platform.machine()}) has no native bf16, where bf16 autocast "
+                                "is ~100x slower than fp32"}.get(resolved, "set explicitly")
+
+
+@functools.cache
+def announce(precision: str, accelerator: str) -> str:
+    """``resolve`` for this machine, printed once per process and setting (the reader sees what ran)."""
+    resolved = resolve(precision, accelerator)
+    origin = f"auto -> {resolved} ({reason(resolved)})" if precision == AUTO else f"{resolved} (set explicitly)"
+    print(f"training precision: {origin}", flush=True)
+    return resolved
+
+
+def autocast_dtype(resolved: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved Lightning precision; None: full precision (no autocast)."""
+    if resolved.startswith("bf16"):
+        return torch.bfloat16
+    if resolved.startswith("16"):
+        return torch.float16
+    return None
