@@ -217,6 +217,7 @@ class Stage1Config(TrainingConfig):
     text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
     text_max_length: int = 32  # tokens (spec 4)
     text_dropout: float = 0.2  # hidden and attention dropout (spec 4)
+    text_step_cache: bool = True  # training: the frozen text layers' outputs computed once, without their dropout
     embed_dim: int = 1024  # shared space (spec 5)
     tau: float = 0.05  # fixed temperature (spec 5)
     train_seconds: float = 5.0  # random crop / zero pad in training; paper: 30

@@ -8,6 +8,7 @@ Stages 1 and 2 train through ``train_or_reuse``; the notebooks plot ``epoch_metr
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -89,3 +90,20 @@ def _move_aside(folder: Path) -> None:
     taken = [int(match[1]) for entry in previous.iterdir() if (match := numbered.fullmatch(entry.name))]
     target = previous / f"{folder.name}-{max(taken, default=0) + 1}"
     folder.rename(target)
+
+
+FLAT_RISE = 0.005  # converged: validation mAP@10 rose by at most half a point over the last quarter of the epochs
+
+
+def last_quarter_rise(curve: pd.DataFrame, column: str = "val/mAP@10") -> float:
+    """How much ``column`` still rose over the last quarter of a run's epochs (``epoch_metrics``'s frame).
+
+    The highest value after the epoch that ends the third quarter, minus the value at that epoch: for
+    20 epochs, epochs 15 to 20, the paper's tail at the minimum learning rate. A run whose curve still
+    rises there had not converged when it stopped. NaN for a single epoch: there is no rise to measure.
+    """
+    values = curve.dropna(subset=[column]).sort_values("epoch")[column].to_numpy()
+    if len(values) < 2:
+        return math.nan
+    start = len(values) - 1 - math.ceil(len(values) / 4)
+    return float(values[start + 1:].max() - values[start])

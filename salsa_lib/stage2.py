@@ -17,7 +17,7 @@ import torch
 
 from salsa_lib import correspondences, data_sources, parallel_runs, precision, reports, runs
 from salsa_lib.checkpoints import load_member, saved_hparams
-from salsa_lib.config import DataConfig, Stage1Config, Stage2Config
+from salsa_lib.config import DataConfig, Stage1Config, Stage2Config, TrainingConfig
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_write_json, file_digest
 from salsa_lib.losses import contrastive_loss, distillation_loss
@@ -184,6 +184,28 @@ def comparison_table(config: Stage2Config) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     reports.write_table(table, config.profile, "stage2_vs_stage1_validation")
     return table
+
+
+def recipe_table(profile: str, records: list[dict]) -> pd.DataFrame:
+    """The training recipe of every student beside that of the member it started from, field by field.
+
+    The paper's stage 2 is the stage-1 recipe run again (same epochs, warm-up, cosine, learning rates,
+    batch and precision), so ``same`` should hold in every row. Read from the run records on disk.
+    """
+    members = {folder.name: json.loads((folder / runs.RECORD).read_text())
+               for folder in runs.member_folders(profile)}
+    fields = [name for name in TrainingConfig.field_names() if name not in ("profile", *runs.SCHEDULING_FIELDS)]
+    rows = []
+    for field in fields:
+        first = {members[f"member{r['run']['init_member']}"]["run"].get(field) for r in records}
+        second = {r["run"].get(field) for r in records}
+        rows.append({"field": field, "stage 1": ", ".join(map(str, sorted(first, key=str))),
+                     "stage 2": ", ".join(map(str, sorted(second, key=str))), "same": first == second})
+    first = {members[f"member{r['run']['init_member']}"].get("precision", "not recorded") for r in records}
+    second = {r.get("precision", "not recorded") for r in records}
+    rows.append({"field": "precision (as trained)", "stage 1": ", ".join(sorted(first)),
+                 "stage 2": ", ".join(sorted(second)), "same": first == second})
+    return pd.DataFrame(rows)
 
 
 def learning_curves(profile: str, records: list[dict]) -> pd.DataFrame:

@@ -29,18 +29,19 @@ class StepCache:
 
     @classmethod
     def build(cls, model, split: ClothoSplit, n_samples: int, captions: list[str],
-              max_bytes: float) -> "StepCache | None":
+              max_bytes: float, text: bool = True) -> "StepCache | None":
         """Shared within the process: the ensemble members and stage-2 runs of one kernel reuse it.
 
         ``max_bytes``: the largest spectrogram store worth keeping (beyond it, e.g. ClothoV2 at 30 s,
-        the STFT runs every step).
+        the STFT runs every step). ``text``: store the frozen text layers' outputs too (in training
+        that drops their dropout; validation runs without dropout anyway).
         """
         key = (str(split.audio.array_path), n_samples, max_bytes)
         if key not in _POWER:
             if len(_POWER) >= 4:  # train and val of one data set in practice; bounded regardless
                 _POWER.clear()
             _POWER[key] = spectrograms(model.audio_encoder, split, n_samples, max_bytes)
-        text = frozen_text_states(model.text_encoder, captions) if model.text_encoder.bottom_frozen else None
+        text = frozen_text_states(model.text_encoder, captions) if text and model.text_encoder.bottom_frozen else None
         power = _POWER[key]
         return cls(power, text) if power is not None or text is not None else None
 

@@ -71,7 +71,7 @@ class RetrievalModule(pl.LightningModule):
         limit = self.config.spectrogram_cache_gb * 1024**3
         if self.train_set is not None:
             self._train_cache = StepCache.build(self.model, self.train_set.split, self.train_set.n_samples,
-                                                self.train_set.captions, limit)
+                                                self.train_set.captions, limit, text=self.config.text_step_cache)
             if self.val_split is not None:
                 self._val_cache = StepCache.build(self.model, self.val_split, self.val_samples,
                                                   [c for clip in self.val_split.captions for c in clip], limit)

@@ -57,11 +57,19 @@ def test_profile_name_is_given_once_and_checked():
         Profile.build("x", "", stage3=dict(epochs=1))
 
 
+def test_every_profile_runs_stage_2_with_the_stage_1_recipe():
+    """The paper's stage 2 is its stage-1 recipe run again: same epochs, schedule, learning rates, batch."""
+    for profile in PROFILES.values():
+        for name in TrainingConfig.field_names():
+            if name != "profile":
+                assert getattr(profile.stage1, name) == getattr(profile.stage2, name), (profile.name, name)
+    tiny = get_profile("tiny").stage1  # the paper's 1 / 15 / 20 epochs, in proportion
+    proportions = [value / tiny.epochs for value in (tiny.warmup_epochs, tiny.rampdown_start, tiny.rampdown_stop)]
+    assert proportions == pytest.approx([1 / 20, 1 / 20, 15 / 20])
+
+
 def test_paper_recipe_is_identical_in_both_training_stages():
     clotho = get_profile("clotho")
-    for name in TrainingConfig.field_names():
-        if name != "profile":
-            assert getattr(clotho.stage1, name) == getattr(clotho.stage2, name), name
     assert (clotho.stage1.batch_size, clotho.stage1.epochs, clotho.stage1.lr_text_encoder) == (64, 20, 2e-5)
     assert (clotho.stage1.seed, clotho.stage2.seed) == (409194, 523528930)
 

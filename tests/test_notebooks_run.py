@@ -43,8 +43,23 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(evaluated.model) == [m for m in models for _ in "bl"]
     assert list(evaluated.weights) == ["best", "last"] * len(models)
     assert list(pd.read_csv(results / "tables" / "01_pretraining_tagging.csv").metric)[0] == "tag mAP"
-    verdict = pd.read_csv(results / "tables" / "verdict.csv")
-    assert list(verdict.system) == ["chance", "i = j (stage 1)", "control", "ensemble", "truth", "oracle ranking"]
+    verdict = pd.read_csv(results / "tables" / "verdict.csv", keep_default_na=False)
+    systems = ["i = j (stage 1)", "control", "ensemble", "truth"]
+    assert list(zip(verdict.system, verdict.weights)) == [("chance", ""), *[(s, w) for s in systems for w in ("best", "last")],
+                                                          ("oracle ranking", "")]
+    assert (verdict.loc[verdict.system.isin(["ensemble", "truth"]), "mAP@10 Δ stage 1 wins"] != "").all()
+    grid = json.loads((results / "stage2" / "grid.json").read_text())
+    assert [run["model"] for run in grid["runs"]] == ["ensemble_from_member0", "control_from_member0", "truth_from_member0"]
+    for model in models[2:]:  # stage 2 is the stage-1 recipe run again, from the records on disk
+        student = json.loads((results / "stage2" / model / "run.json").read_text())
+        member = json.loads((results / "stage1" / "member0" / "run.json").read_text())
+        for field in ("epochs", "warmup_epochs", "rampdown_start", "rampdown_stop", "lr_audio_encoder", "batch_size"):
+            assert student["run"][field] == member["run"][field], (model, field)
+        assert student["precision"] == member["precision"] and student["precision"] in ("32-true", "bf16-mixed")
+    convergence = pd.read_csv(results / "tables" / "01_convergence.csv")
+    assert list(convergence.member) == ["member0", "member1"]
+    assert convergence["rise over the last quarter (points)"].isna().all()  # one epoch: no rise to measure
+    assert not (results / "tables" / "04_readme_example_queries.csv").exists()  # synthetic clips have no Freesound ids
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
     assert (results / "tables" / "04_example_queries.csv").exists()
     demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")

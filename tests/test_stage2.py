@@ -73,6 +73,11 @@ def test_paired_grid_self_control_and_truth(trained):
     control = next(r["run"] for r in records if r["folder"] == "control_from_member1")
     assert (control["sup_weight"], control["distill_weight"], control["seed"]) == (1.0, 0.0, config.seed + 1)
     assert "truth_sha256" in next(r["run"] for r in records if r["folder"] == "truth_from_member0")
+    recipe = stage2.recipe_table("test", records).set_index("field")
+    assert recipe.same.all(), recipe[~recipe.same]  # stage 2 is the stage-1 recipe run again
+    assert recipe.loc["epochs", "stage 2"] == "1" and recipe.loc["rampdown_stop", "stage 1"] == "1.0"
+    longer = [{**r, "run": {**r["run"], "epochs": 2}} for r in records]
+    assert not stage2.recipe_table("test", longer).set_index("field").loc["epochs", "same"]
     with pytest.raises(ConfigError, match="member5|students"):
         stage2.train(Stage2Config(**{**STAGE2, "students": 6}, teachers="self"), data, progress=False)
     with pytest.raises(ConfigError, match="teachers"):

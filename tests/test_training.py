@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from salsa_lib import run_folders
@@ -84,3 +85,36 @@ def test_runs_set_aside_are_never_deleted(tmp_path):
 def test_missing_training_log_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no training log"):
         run_folders.epoch_metrics(tmp_path / "member0")
+
+
+@pytest.mark.parametrize("values, rise", [
+    ([0.157, 0.185, 0.203, 0.228, 0.227, 0.226], -0.001),  # 6 epochs: from epoch 4, epochs 5 and 6 fall
+    ([0.142, 0.177, 0.204, 0.238, 0.240], 0.036),  # 5 epochs still rising: from epoch 3 to the best after it
+    ([0.1] * 15 + [0.1, 0.1, 0.1, 0.12, 0.1], 0.02),  # 20 epochs: the paper's tail, epochs 15 to 20
+])
+def test_last_quarter_rise(values, rise):
+    curve = pd.DataFrame({"epoch": range(len(values)), "val/mAP@10": values})
+    assert run_folders.last_quarter_rise(curve) == pytest.approx(rise)
+    assert (run_folders.last_quarter_rise(curve) <= run_folders.FLAT_RISE) == (rise <= 0.005)
+
+
+def test_last_quarter_rise_of_a_single_epoch_is_unknown():
+    assert math.isnan(run_folders.last_quarter_rise(pd.DataFrame({"epoch": [0], "val/mAP@10": [0.2]})))
+
+
+def test_text_step_cache_off_keeps_the_frozen_layers_dropout_in_training(tiny_home, tiny_stage1):
+    """Off: training runs the frozen text layers every step (with their dropout); validation, which
+    has no dropout, keeps its cache either way."""
+    from salsa_lib import data_sources
+    from salsa_lib.training import RetrievalModule, make_loaders
+
+    splits = data_sources.load_splits(data_sources.load_data_config("test"), ("train", "val"), progress=False)
+    cached = {}
+    for text_step_cache in (True, False):
+        config = tiny_stage1.replace(text_step_cache=text_step_cache)
+        train_set, train_loader, _ = make_loaders(config, splits["train"], splits["val"])
+        module = RetrievalModule(config.to_params(), len(train_loader))
+        module.train_set, module.val_split, module.val_samples = train_set, splits["val"], train_set.n_samples
+        module.on_train_start()
+        cached[text_step_cache] = (module._train_cache.text is not None, module._val_cache.text is not None)
+    assert cached == {True: (True, True), False: (False, True)}
