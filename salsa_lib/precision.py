@@ -8,10 +8,13 @@ it and a bf16 matmul runs ~100 times slower than fp32, so those CPUs train in fp
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
 import torch
+
+from salsa_lib.errors import ConfigError
 
 AUTO = "auto"
 GPU_PRECISION = "16-mixed"  # the paper's fp16 AMP
@@ -20,6 +23,9 @@ CPU_FP32_PRECISION = "32-true"
 # /proc/cpuinfo flags of a CPU with native bf16 arithmetic: x86 (AVX-512 BF16, AMX) and Arm (BF16)
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 CPUINFO = Path("/proc/cpuinfo")
+# "0" or "1": answer the capability question instead of the CPU (to time on one machine what a CPU
+# without native bf16 would run, e.g. the test suite); unset: ask the CPU
+NATIVE_BF16_ENV = "SALSA_CPU_BF16"
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
@@ -56,12 +62,18 @@ def resolve(precision: str, accelerator: str, native_bf16: bool | None = None) -
     if uses_gpu(accelerator):
         return GPU_PRECISION
     if native_bf16 is None:
-        native_bf16 = cpu_has_native_bf16()
+        told = os.environ.get(NATIVE_BF16_ENV, "")
+        if told not in ("", "0", "1"):
+            raise ConfigError(f"{NATIVE_BF16_ENV}={told!r}: set it to 0 or 1, or unset it")
+        native_bf16 = told == "1" if told else cpu_has_native_bf16()
     return CPU_BF16_PRECISION if native_bf16 else CPU_FP32_PRECISION
 
 
 def reason(resolved: str) -> str:
     """Why ``auto`` chose ``resolved``, in words for the log."""
+    told = os.environ.get(NATIVE_BF16_ENV)
+    if told and resolved != GPU_PRECISION:
+        return f"{NATIVE_BF16_ENV}={told} answered for the CPU"
     return {GPU_PRECISION: "a GPU: the paper's fp16 AMP",
             CPU_BF16_PRECISION: f"this CPU ({platform.machine()}) computes bf16 natively",
             CPU_FP32_PRECISION: f"this CPU ({platform.machine()}) has no native bf16, where bf16 autocast "

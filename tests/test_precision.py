@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from salsa_lib.correspondences import ensemble_logits
 from salsa_lib import precision
+from salsa_lib.errors import ConfigError
 from salsa_lib.model import DualEncoder
 
 
@@ -45,6 +46,21 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
     assert precision.resolve("auto", "auto", native_bf16=True) == "bf16-mixed"
     assert precision.resolve("auto", "cpu", native_bf16=False) == "32-true"
     assert precision.resolve("auto", "auto", native_bf16=False) == "32-true"
+
+
+def test_the_capability_answer_can_be_given_in_the_environment(monkeypatch):
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # this CPU would say yes
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "0")
+    assert precision.resolve("auto", "cpu") == "32-true"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")
+    assert precision.resolve("auto", "cpu") == "bf16-mixed"
+    monkeypatch.delenv(precision.NATIVE_BF16_ENV)
+    assert precision.resolve("auto", "cpu") == "32-true"  # unset: the CPU answers
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="SALSA_CPU_BF16='yes'"):
+        precision.resolve("auto", "cpu")
 
 
 def test_auto_picks_the_papers_fp16_amp_on_a_gpu(monkeypatch):
