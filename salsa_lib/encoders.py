@@ -41,6 +41,11 @@ ROBERTA_LARGE_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention
 HOP = 320  # mel hop at 32 kHz: 10 ms
 
 
+def full_precision(device: torch.device):
+    """Autocast off on ``device``: for the front end's products, whose values exceed fp16's range."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def mel_frontend() -> nn.Module:
     """PaSST's mel front end with the spec's settings (no SpecAugment; fmin/fmax jitter in training)."""
     from hear21passt.models.preprocess import AugmentMelSTFT  # lazy, see build_passt
@@ -101,20 +106,27 @@ class AudioEncoder(nn.Module):
 
         Training recomputed them every step for the same cached audio; callers may store them once
         and pass them to ``forward`` (the random fmin/fmax jitter acts only after this point).
+        Computed in fp32 even under autocast: a full-scale tone's power (~1e5) exceeds fp16's range,
+        and the stored spectrograms (made outside autocast) must equal the per-step ones.
         """
         batch, samples = audio.shape
         n_windows = math.ceil(samples / self.window_samples)
-        audio = nn.functional.pad(audio, (0, n_windows * self.window_samples - samples))
-        x = audio.reshape(batch * n_windows, 1, self.window_samples)
-        x = nn.functional.conv1d(x, self.mel.preemphasis_coefficient).squeeze(1)
-        x = torch.stft(x, self.mel.n_fft, hop_length=self.mel.hopsize, win_length=self.mel.win_length,
-                       center=True, normalized=False, window=self.mel.window, return_complex=True)
-        x = x.real ** 2 + x.imag ** 2
+        with full_precision(audio.device):
+            audio = nn.functional.pad(audio.float(), (0, n_windows * self.window_samples - samples))
+            x = audio.reshape(batch * n_windows, 1, self.window_samples)
+            x = nn.functional.conv1d(x, self.mel.preemphasis_coefficient.float()).squeeze(1)
+            x = torch.stft(x, self.mel.n_fft, hop_length=self.mel.hopsize, win_length=self.mel.win_length,
+                           center=True, normalized=False, window=self.mel.window.float(), return_complex=True)
+            x = x.real ** 2 + x.imag ** 2
         return x.reshape(batch, n_windows, *x.shape[1:])
 
     @torch.no_grad()
     def log_mel(self, power: torch.Tensor) -> torch.Tensor:
-        """hear21passt's AugmentMelSTFT after its STFT, with the same random draws (fmin, then fmax)."""
+        """hear21passt's AugmentMelSTFT after its STFT, with the same random draws (fmin, then fmax).
+
+        The filterbank product runs in fp32 with autocast off, as hear21passt's own front end does:
+        in fp16, mel energies of a loud tone at 6-12 kHz overflow (above 65504) and the embedding is NaN.
+        """
         mel = self.mel
         fmin = mel.fmin + torch.randint(mel.fmin_aug_range, (1,)).item()
         fmax = mel.fmax + mel.fmax_aug_range // 2 - torch.randint(mel.fmax_aug_range, (1,)).item()
@@ -122,8 +134,9 @@ class AudioEncoder(nn.Module):
             fmin, fmax = mel.fmin, mel.fmax
         basis, _ = get_mel_banks(mel.n_mels, mel.n_fft, mel.sr, fmin, fmax, vtln_low=100.0, vtln_high=-500.0,
                                  vtln_warp_factor=1.0)
-        basis = nn.functional.pad(basis, (0, 1)).to(power)
-        return ((basis @ power + 1e-5).log() + 4.5) / 5.0
+        basis = nn.functional.pad(basis, (0, 1)).to(power.device)
+        with full_precision(power.device):
+            return ((basis.float() @ power.float() + 1e-5).log() + 4.5) / 5.0
 
     def forward(self, audio: torch.Tensor, audio_length: torch.Tensor, power: torch.Tensor | None = None) -> torch.Tensor:
         """``power``: the stored ``self.power(audio)``, which spares the STFT (``audio`` then unused)."""

@@ -217,3 +217,27 @@ def test_step_cache_stores_the_padded_clips_spectrograms(tiny_home):
     # beyond the limit (the paper's ClothoV2, and its dry run with the limit at 0) the STFT runs every step
     assert spectrograms(encoder, split, 40000, max_bytes=power.numel() * 4 - 1) is None
     assert spectrograms(encoder, split, 40000, max_bytes=0) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loud_high_tones_give_the_fp32_log_mels_under_autocast(small_audio_encoder, dtype):
+    """In fp16, a full-scale tone at 6-12 kHz has mel energies above 65504: the front end must stay in fp32."""
+    seconds = torch.arange(32000) / 32000
+    audio = torch.stack([torch.sin(2 * torch.pi * f * seconds) for f in (6000.0, 9000.0, 12000.0)])
+    encoder = small_audio_encoder.train()  # the training front end: fmin/fmax jitter on
+    try:
+        torch.manual_seed(5)
+        reference = encoder.log_mel(encoder.power(audio).flatten(0, 1))
+        assert reference.dtype == torch.float32 and torch.isfinite(reference).all()
+        stored = encoder.power(audio)  # the step cache computes the spectrograms outside autocast
+        with torch.autocast("cpu", dtype=dtype):
+            torch.manual_seed(5)
+            per_step = encoder.log_mel(encoder.power(audio).flatten(0, 1))
+            torch.manual_seed(5)
+            cached = encoder.log_mel(stored.flatten(0, 1))
+    finally:
+        encoder.eval()
+    for log_mel in (per_step, cached):
+        assert torch.isfinite(log_mel).all()
+        assert torch.allclose(log_mel.float(), reference, atol=1e-5)
+        assert log_mel.dtype == torch.float32
