@@ -60,9 +60,14 @@ def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, de
 
 
 def mean_and_std(table: pd.DataFrame, by: list[str], columns=METRICS) -> pd.DataFrame:
-    """Mean ± std over seeds, in percent, as the paper reports them."""
+    """Mean ± sample std (ddof 1) over seeds, in percent, as the paper reports them.
+
+    ddof 1, as the verdict's tables: a few seeds estimate the spread of all seeds. One seed has no
+    spread to estimate, so its std reads "n/a" (NaN), never a reassuring 0.
+    """
     grouped = table.groupby(by)[columns]
-    out = grouped.mean().mul(100).round(2).astype(str) + " ± " + grouped.std(ddof=0).mul(100).round(2).astype(str)
+    std = grouped.std(ddof=1).mul(100).round(2).map(lambda v: "n/a" if np.isnan(v) else str(v))
+    out = grouped.mean().mul(100).round(2).astype(str) + " ± " + std
     return out.assign(seeds=grouped.size()).reset_index()
 
 

@@ -11,12 +11,15 @@ from salsa_lib.evaluation import Evaluation
 from salsa_lib.checkpoints import load_member
 
 
-def test_mean_and_std_in_percent():
-    table = pd.DataFrame({"stage": [1, 1, 2], "mAP@10": [0.1, 0.2, 0.3], "R@1": [0.0, 0.1, 0.2],
-                          "R@5": [0.5, 0.5, 0.5], "R@10": [1.0, 1.0, 1.0]})
+def test_mean_and_std_in_percent_with_the_verdicts_sample_std():
+    table = pd.DataFrame({"stage": [1, 1, 2, 3, 3, 3], "mAP@10": [0.1, 0.2, 0.3, 0.1, 0.2, 0.6],
+                          "R@1": [0.0, 0.1, 0.2, 0.0, 0.0, 0.0], "R@5": 0.5, "R@10": 1.0})
     out = evaluation.mean_and_std(table, by=["stage"]).set_index("stage")
-    assert out.loc[1, "mAP@10"] == "15.0 ± 5.0" and out.loc[1, "seeds"] == 2
-    assert out.loc[2, "R@1"] == "20.0 ± 0.0"
+    # ddof 1: the std of (10, 20) is 7.07, not the population std 5.0
+    assert out.loc[1, "mAP@10"] == "15.0 ± 7.07" and out.loc[1, "seeds"] == 2
+    assert out.loc[3, "mAP@10"] == f"30.0 ± {round(100 * np.std([0.1, 0.2, 0.6], ddof=1), 2)}" == "30.0 ± 26.46"
+    assert out.loc[3, "R@5"] == "50.0 ± 0.0"
+    assert out.loc[2, "R@1"] == "20.0 ± n/a" and out.loc[2, "seeds"] == 1  # one seed: no spread to report
 
 
 def test_top_k_examples_mark_the_associated_clip():
