@@ -15,3 +15,7 @@ class DataError(SalsaError, ValueError):
 
 class DownloadError(SalsaError, RuntimeError):
     """A file could not be fetched or verified; the message says how to place it by hand."""
+
+
+class NonFiniteError(SalsaError, ValueError):
+    """NaN or infinite numbers where a result is made (a loss, embeddings, a metric): never ranked or kept."""

@@ -40,22 +40,33 @@ class Evaluation:
 
 
 def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, device: str = "cpu",
-             truth=None, queries: list[str] | None = None) -> Evaluation:
+             truth=None, queries: list[str] | None = None, name: str = "the model") -> Evaluation:
     """Embed the split once in eval mode and compute all metrics; ``truth`` (clips x captions) adds
-    multi-relevance, ``queries`` (free text) are scored against every clip while the model is loaded."""
+    multi-relevance, ``queries`` (free text) are scored against every clip while the model is loaded.
+
+    ``name`` (the run and its weights) and the split name the clips and captions whose embeddings
+    are NaN or infinite, if any: such a model is refused, never ranked.
+    """
+    source = f"{name} on split {split.split!r}"
     embeddings = embed_split(model, split, seconds, batch_size, device)
+    metrics.require_finite(embeddings["audio"], f"audio embeddings of {source}", split.file_names)
+    metrics.require_finite(embeddings["captions"], f"caption embeddings of {source}",
+                           [f"{split.file_names[i // CAPTIONS_PER_CLIP]} caption {i % CAPTIONS_PER_CLIP + 1}"
+                            for i in range(split.n_captions)])
     query_similarity = None
     if queries:
         with torch.no_grad():
             query_similarity = (model.embed_text(list(queries)).float().cpu() @ embeddings["audio"].T).numpy()
+        metrics.require_finite(query_similarity, f"query similarities of {source}", list(queries))
     similarity = (embeddings["captions"] @ embeddings["audio"].T).numpy()
     caption_audio = caption_clips(split.n_clips)
-    ranks = metrics.ranks_of_relevant(similarity, caption_audio)
+    ranks = metrics.ranks_of_relevant(similarity, caption_audio, source)
     result = metrics.metrics_from_ranks(ranks)
-    audio_ranks = metrics.audio_to_text_ranks(similarity, caption_audio)
+    audio_ranks = metrics.audio_to_text_ranks(similarity, caption_audio, source)
     result.update({f"A2T R@{k}": float((audio_ranks <= k).mean()) for k in (1, 5, 10)})
     if truth is not None:
-        result["multi mAP@10"] = metrics.multi_relevance_map_at_k(similarity, np.asarray(truth.todense()).T)
+        result["multi mAP@10"] = metrics.multi_relevance_map_at_k(similarity, np.asarray(truth.todense()).T,
+                                                                  source=source)
     return Evaluation(result, similarity, ranks, query_similarity)
 
 
@@ -107,7 +118,8 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
             evaluation = by_weights[same]
         else:
             model, config = entry.pop("loaded", None) or load_member(entry["checkpoint"])
-            evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries)
+            evaluation = evaluate(model, split, config.eval_seconds, batch_size, device, truth, queries,
+                                  name=evaluation_key(entry))
             del model  # one paper-sized model in memory at a time
             by_weights[same] = evaluation
         evaluations[evaluation_key(entry)] = evaluation
@@ -166,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         data = DataConfig(dataset="custom", data_root=args.data_root, skip_bad_clips=args.skip_bad_clips)
         location = data_sources.locate(data)
         split = load_split(location.root, args.split, cache_dir=location.cache_dir, skip_bad_clips=args.skip_bad_clips)
-        result = evaluate(model, split, config.eval_seconds, args.batch_size, args.device).metrics
+        result = evaluate(model, split, config.eval_seconds, args.batch_size, args.device,
+                          name=str(args.checkpoint)).metrics
     except SalsaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from salsa_lib import data_sources, evaluation, runs, stage1
 from salsa_lib.evaluation import Evaluation
 from salsa_lib.checkpoints import load_member
+from salsa_lib.errors import NonFiniteError
 
 
 def test_mean_and_std_in_percent_with_the_verdicts_sample_std():
@@ -80,6 +82,27 @@ def test_evaluate_profile_and_command_line(tiny_home, tiny_stage1, tmp_path, cap
     loaded.clear()
     evaluation.evaluate_profile("test", test, "test", 8, "cpu", truth)
     assert [p.name for p in loaded] == ["best.ckpt", "last.ckpt"] * 2
+
+
+def test_nan_embeddings_are_refused_naming_model_split_and_clip(tiny_home, tiny_stage1):
+    """An overflowed clip must stop the evaluation, never give a NaN rank (0th: an infinite mAP@10)."""
+    from salsa_lib.model import build_dual_encoder
+
+    test = data_sources.load_splits(data_sources.load_data_config("test"), ("test",), progress=False)["test"]
+    torch.manual_seed(0)
+    model = build_dual_encoder(tiny_stage1)
+    embed_audio = model.embed_audio
+
+    def overflowing(audio, lengths, **kwargs):
+        out = embed_audio(audio, lengths, **kwargs)
+        return torch.cat([out[:1], torch.full_like(out[1:2], float("nan")), out[2:]])
+
+    assert np.isfinite(evaluation.evaluate(model, test, 1.0, 8, name="member0 (best)").metrics["mAP@10"])
+    model.embed_audio = overflowing
+    with pytest.raises(NonFiniteError) as err:
+        evaluation.evaluate(model, test, 1.0, 8, name="member0 (best)")
+    assert f"audio embeddings of member0 (best) on split {test.split!r}: 1 of 4 rows" in str(err.value)
+    assert test.file_names[1] in str(err.value)
 
 
 def test_paper_comparison_uses_last_epoch_rows():

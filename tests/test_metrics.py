@@ -6,8 +6,9 @@ import torch
 from torchmetrics.functional.retrieval import retrieval_average_precision
 from torchmetrics.retrieval import RetrievalMAP, RetrievalRecall
 
+from salsa_lib.errors import NonFiniteError
 from salsa_lib.metrics import (audio_to_text_ranks, chance_map_at_k, chance_multi_map_at_k, metrics_from_ranks,
-                               multi_relevance_map_at_k, ranks_of_relevant, text_to_audio_metrics)
+                               multi_relevance_map_at_k, ranks_of_relevant, require_finite, text_to_audio_metrics)
 
 
 def _torchmetrics(similarity, relevant):
@@ -99,3 +100,36 @@ def test_chance_levels_against_simulation():
         multi.append((precision * relevant).sum() / m)
     assert chance_map_at_k(n) == pytest.approx(np.mean(single), abs=3e-3)
     assert chance_multi_map_at_k(np.array([m]), n) == pytest.approx(np.mean(multi), abs=3e-3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused_by_name_never_ranked(bad):
+    """A NaN similarity compares false with everything: ranked, its item would be 0th and mAP infinite."""
+    similarity = np.eye(4)
+    similarity[2, 1] = bad
+    source = "member0 (best) on split 'val'"
+    for metric in (lambda: ranks_of_relevant(similarity, np.arange(4), source),
+                   lambda: audio_to_text_ranks(similarity, np.arange(4), source),
+                   lambda: multi_relevance_map_at_k(similarity, np.eye(4, dtype=bool), source=source)):
+        with pytest.raises(NonFiniteError, match=r"similarities of member0 \(best\) on split 'val': 1 of 4") as err:
+            metric()
+        assert "first: [2]" in str(err.value)
+    audio = np.eye(3)
+    captions = np.repeat(np.eye(3), 5, axis=0)
+    captions[7] = bad
+    with pytest.raises(NonFiniteError, match=r"caption embeddings of member0 \(best\) on split 'val'.*first: \[7\]"):
+        text_to_audio_metrics(captions, audio, np.repeat(np.arange(3), 5), source)
+    with pytest.raises(NonFiniteError, match="audio embeddings of the model"):
+        text_to_audio_metrics(np.repeat(np.eye(3), 5, axis=0), np.full((3, 3), bad), np.repeat(np.arange(3), 5))
+
+
+def test_a_rank_below_one_is_refused():
+    with pytest.raises(NonFiniteError, match="ranks must be 1 or more, got 0"):
+        metrics_from_ranks(np.array([1, 0, 3]))
+
+
+def test_require_finite_names_the_rows():
+    assert require_finite([[0.5, 1.0]], "x").dtype == np.float64
+    with pytest.raises(NonFiniteError, match=r"audio embeddings of m: 2 of 3 rows .*first: \['b.wav', 'c.wav'\]"):
+        require_finite(np.array([[0.0, 1.0], [np.nan, 0.0], [0.0, np.inf]]), "audio embeddings of m",
+                       ["a.wav", "b.wav", "c.wav"])
