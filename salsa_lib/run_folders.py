@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from salsa_lib import provenance
@@ -75,7 +76,16 @@ def epoch_metrics(folder: Path) -> pd.DataFrame:
 
 
 def best_epoch_metrics(folder: Path) -> dict:
+    """The epoch best.ckpt holds. A non-finite score in the log (an older run: today's validation
+    refuses NaN embeddings) may have chosen it, so such a run is refused rather than reported."""
     per_epoch = epoch_metrics(folder).dropna(subset=["val/mAP@10"])
+    infinite = per_epoch[~np.isfinite(per_epoch["val/mAP@10"])]
+    if len(infinite):
+        raise DataError(f"{folder}: validation mAP@10 is {infinite['val/mAP@10'].iloc[0]} at epoch "
+                        f"{int(infinite['epoch'].iloc[0])} in the training log, so its best.ckpt may have been "
+                        "chosen on it; train this run again (run_all.sh --force)")
+    if per_epoch.empty:
+        raise DataError(f"no validation mAP@10 in the training log under {folder / 'logs'}: did an epoch finish?")
     best = per_epoch.loc[per_epoch["val/mAP@10"].idxmax()]
     return {"best_epoch": int(best["epoch"]),
             "val": {c.removeprefix("val/"): round(float(best[c]), 6) for c in per_epoch.columns if c.startswith("val/")}}

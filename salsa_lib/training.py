@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from salsa_lib import precision
 from salsa_lib.config import Stage1Config
+from salsa_lib.errors import NonFiniteError
 from salsa_lib.losses import contrastive_loss
 from salsa_lib.metrics import text_to_audio_metrics
 from salsa_lib.model import build_dual_encoder
@@ -62,6 +63,10 @@ class RetrievalModule(pl.LightningModule):
         # set by ``fit``: what the per-run caches are built from (None: compute everything every step)
         self.train_set, self.val_split, self.val_samples = None, None, 0
         self._train_cache = self._val_cache = None
+        self.name = "this run"  # set by ``fit``: the run's folder, for error messages
+        self._steps = self._skipped = 0  # this epoch's training steps, and those with a non-finite loss
+        self.skipped_steps = 0  # over the whole run (this attempt)
+        self._drop_gradients = False
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return contrastive_loss(logits, batch["audio_idx"])
@@ -91,8 +96,37 @@ class RetrievalModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # the in-batch loss needs the global batch on every rank
             audio, text, batch = _gather_global_batch(audio, text, batch)
         loss = self.loss(self.model.logits(audio, text), batch)
+        self._steps += 1
+        if not torch.isfinite(loss):  # the same on every rank: the loss is computed on the global batch
+            self._skipped += 1
+            self._drop_gradients = True
+            return loss  # Lightning refuses a None under DDP; its NaN gradients are dropped before the step
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(audio))
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the step whose gradients come from a non-finite loss: AdamW leaves parameters without
+        gradients untouched, where NaN gradients would make every weight NaN (fp32 and bf16 have no
+        GradScaler to skip it; under 16-mixed the scaler skips it too)."""
+        if self._drop_gradients:
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_gradients = False
+
+    def on_train_epoch_end(self) -> None:
+        """Log how many steps a non-finite loss skipped; stop when no step of the epoch trained."""
+        steps, skipped = self._steps, self._skipped
+        self._steps = self._skipped = 0
+        self.skipped_steps += skipped
+        self.log("train/skipped_steps", float(skipped), on_step=False, on_epoch=True)
+        if not skipped:
+            return
+        epoch = self.current_epoch
+        if skipped == steps:
+            raise NonFiniteError(f"{self.name}: the loss was NaN or infinite in all {steps} training steps of epoch "
+                                 f"{epoch} (precision {self.trainer.precision}), so nothing trained; look for "
+                                 "NaN or inf in the inputs, lower the learning rates or train in fp32")
+        print(f"{self.name}: epoch {epoch} skipped {skipped} of {steps} training steps whose loss was NaN or "
+              "infinite", flush=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         captions = [c for i in batch["audio_idx"].tolist() for c in self.val_captions[i]]
@@ -110,7 +144,9 @@ class RetrievalModule(pl.LightningModule):
         ids, first = np.unique(ids.cpu().numpy(), return_index=True)  # DDP samplers pad with repeats
         audio = audio[first].cpu().numpy()
         text = text.reshape(-1, 5, text.shape[-1])[first].reshape(-1, text.shape[-1]).cpu().numpy()
-        metrics = text_to_audio_metrics(text, audio, caption_clips(len(ids)))
+        # NaN embeddings would rank at 0 and give an infinite mAP@10 that ModelCheckpoint keeps as best.ckpt
+        source = f"{self.name} at epoch {self.current_epoch} on the validation split"
+        metrics = text_to_audio_metrics(text, audio, caption_clips(len(ids)), source)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name == "mAP@10", sync_dist=False)
 
@@ -194,8 +230,9 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )
     module.train_set, module.val_split = train_set, val_loader.dataset.split
+    module.name = f"{folder.parent.name}/{folder.name}"
     module.val_samples = val_loader.dataset.n_samples
     last = folder / "checkpoints" / "last.ckpt"
     resume = str(last) if config.resume and last.exists() else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
-    return {**best_epoch_metrics(folder), "precision": resolved}
+    return {**best_epoch_metrics(folder), "precision": resolved, "skipped_steps": module.skipped_steps}

@@ -1,13 +1,16 @@
-"""The learning-rate schedule of spec section 8, in closed form and as the optimiser applies it."""
+"""The learning-rate schedule of spec section 8, in closed form and as the optimiser applies it; steps
+and validations whose numbers are not finite."""
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from salsa_lib import run_folders
+from salsa_lib import data_sources, run_folders, runs
 from salsa_lib.config import Stage1Config
-from salsa_lib.errors import ConfigError, DataError
+from salsa_lib.errors import ConfigError, DataError, NonFiniteError
 from salsa_lib.training import learning_rate
 
 PAPER = Stage1Config(epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, min_lr=1e-7)
@@ -118,3 +121,72 @@ def test_text_step_cache_off_keeps_the_frozen_layers_dropout_in_training(tiny_ho
         module.on_train_start()
         cached[text_step_cache] = (module._train_cache.text is not None, module._val_cache.text is not None)
     assert cached == {True: (True, True), False: (False, True)}
+
+
+@pytest.fixture
+def tiny_fit(tiny_home, tiny_stage1):
+    """The miniature model, ready to train one epoch (4 steps) into stage1/member0 in fp32."""
+    from salsa_lib.training import RetrievalModule, fit, make_loaders
+
+    splits = data_sources.load_splits(data_sources.load_data_config("test"), ("train", "val"), progress=False)
+    config = tiny_stage1.replace(precision="32-true", accelerator="cpu")
+    train_set, train_loader, val_loader = make_loaders(config, splits["train"], splits["val"])
+    torch.manual_seed(0)
+    module = RetrievalModule(config.to_params(), steps_per_epoch=len(train_loader))
+    module.val_captions = splits["val"].captions
+    folder = runs.member_dir("test", 0)
+    return module, folder, lambda: fit(module, folder, train_set, train_loader, val_loader, progress=False)
+
+
+@pytest.mark.slow
+def test_steps_with_a_non_finite_loss_are_skipped_and_counted(tiny_fit, capsys):
+    module, folder, run = tiny_fit
+    loss, calls = module.loss, []
+
+    def every_second_nan(logits, batch):
+        calls.append(batch)
+        return loss(logits, batch) * (float("nan") if len(calls) % 2 == 0 else 1.0)
+
+    module.loss = every_second_nan
+    result = run()
+    assert len(calls) == 4 and result["skipped_steps"] == 2
+    log = pd.read_csv(folder / "logs" / "attempt0" / "metrics.csv")
+    assert log["train/skipped_steps"].dropna().tolist() == [2.0]
+    assert np.isfinite(log["train/loss_epoch"].dropna()).all()  # the epoch's loss is over the steps that trained
+    assert "stage1/member0: epoch 0 skipped 2 of 4 training steps" in capsys.readouterr().out
+    # fp32 has no GradScaler: a NaN gradient reaching AdamW would have made every weight NaN
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    assert np.isfinite(result["val"]["mAP@10"])
+
+
+@pytest.mark.slow
+def test_an_epoch_without_a_finite_loss_stops_with_a_named_error(tiny_fit):
+    module, folder, run = tiny_fit
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    module.loss = lambda logits, batch: logits.sum() * float("nan")
+    with pytest.raises(NonFiniteError, match="stage1/member0: the loss was NaN or infinite in all 4 training "
+                                             "steps of epoch 0 \\(precision 32-true\\)"):
+        run()
+    after = module.model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []  # no skipped step moved a weight
+
+
+@pytest.mark.slow
+def test_nan_validation_embeddings_stop_before_a_checkpoint_is_chosen(tiny_fit):
+    """NaN similarities used to rank at 0, an infinite mAP@10 that ModelCheckpoint kept as best.ckpt."""
+    module, folder, run = tiny_fit
+    embed_audio = module.model.embed_audio
+    module.model.embed_audio = lambda *args, **kwargs: embed_audio(*args, **kwargs) * (
+        1.0 if module.training else float("nan"))
+    with pytest.raises(NonFiniteError, match="audio embeddings of stage1/member0 at epoch 0 on the validation split"):
+        run()
+    assert not (folder / "checkpoints" / "best.ckpt").exists()
+
+
+def test_a_run_whose_log_holds_a_non_finite_score_is_refused(tmp_path):
+    log = tmp_path / "member0" / "logs" / "attempt0"
+    log.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1, 2], "step": [4, 8, 12], "val/mAP@10": [0.2, np.inf, 0.3],
+                  "train/loss_epoch": [2.0, 1.9, 1.8]}).to_csv(log / "metrics.csv", index=False)
+    with pytest.raises(DataError, match="validation mAP@10 is inf at epoch 1"):
+        run_folders.best_epoch_metrics(tmp_path / "member0")
