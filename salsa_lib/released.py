@@ -95,7 +95,11 @@ def _released_name(ours: str) -> str:
 
 class Opaque(dict):
     """Stands in for a pickled object whose class is not imported: its arguments and state are kept as
-    data, nothing of it runs. A dict, because Lightning's hparams containers are dict subclasses."""
+    data, nothing of it runs. A dict, because Lightning's hparams containers are dict subclasses.
+
+    The arguments matter: sacred's ReadOnlyDict (the original's nested config) pickles as
+    ``ReadOnlyDict(plain_dict)``, so its settings exist only in ``opaque_args``.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -151,6 +155,9 @@ def _read(path: str | Path, trust_pickle: bool) -> dict[str, Any]:
             checkpoint, stand_ins = _safe_load(path)
     except (RuntimeError, EOFError) as err:
         raise DataError(f"{path} could not be read as a PyTorch checkpoint ({err})") from err
+    except ImportError as err:  # only a trusted load imports the pickled classes (the original's: sacred's)
+        raise ConfigError(f"{path} pickles objects of the module {err.name!r}, which is not installed; load it "
+                          "without trust_released_pickle: the safe load reads those objects as data") from err
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), "")
         raise ConfigError(
@@ -195,11 +202,23 @@ def _load(path: str | Path, config, trust_pickle: bool):
     return model.eval(), unchecked
 
 
+def _settings(value: Any) -> dict[str, Any]:
+    """What a container holds, in the order unpickling builds it: a stand-in's mapping arguments (the
+    object was made from them), then its items, then its attributes."""
+    items = {}
+    for argument in getattr(value, "opaque_args", ()) if isinstance(value, Opaque) else ():
+        if isinstance(argument, Mapping):
+            items.update(argument)
+    items.update(value if isinstance(value, Mapping) else {})
+    items.update({k: v for k, v in getattr(value, "__dict__", {}).items() if k != "opaque_args"})
+    return items
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted paths to leaves, through mappings and through the attributes of objects (stand-ins too)."""
+    """Dotted paths to leaves, through mappings and through the attributes of objects (stand-ins and
+    the mappings they were called with too)."""
     if isinstance(value, Mapping) or hasattr(value, "__dict__") and not isinstance(value, type):
-        items = dict(value) if isinstance(value, Mapping) else {}
-        items.update({k: v for k, v in getattr(value, "__dict__", {}).items() if k != "opaque_args"})
+        items = _settings(value)
         out = {}
         for key, item in items.items():
             out.update(_flatten(item, f"{prefix}{key}."))
@@ -209,14 +228,16 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def expected_hyperparameters(config=RELEASED_CONFIG) -> dict[str, tuple[str, Any]]:
     """What the original code's config keys (spec sections 3-5) must say for our model to be theirs:
-    key (its last path component; 'sequence_model.num_layers' needs both) -> (what it is, our value)."""
+    key (its last path components: 'sequence_model.num_layers' needs both) -> (what it is, our value)."""
     return {"aggregate": ("pooling over windows", "mean"), "use_first_token": ("text pooling", True),
             "segment_length": ("window length, s", config.window_seconds),
             "hop_length": ("window hop, s", config.window_seconds),
             "max_sentence_tokens": ("max tokens", config.text_max_length),
             "remove_punctuation": ("caption punctuation removal", True),
             "normalize": ("L2 normalisation of embeddings", True),
-            "sequence_model.num_layers": ("sequence layers", 0)}
+            "sequence_model.num_layers": ("sequence layers", 0),
+            # True pools PaSST's token sequence instead of (CLS + DIST) / 2; the weights are the same either way
+            "model_config.return_sequence": ("window embedding (CLS + DIST) / 2, not the token sequence", False)}
 
 
 def compare_hyperparameters(hyper_parameters: Mapping[str, Any], config=RELEASED_CONFIG) -> tuple[list[str], list[str]]:

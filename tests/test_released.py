@@ -1,6 +1,9 @@
 """Loading the authors' released checkpoint, checked on a fake one of the same layout but tiny shapes."""
 
 import pathlib
+import pickle
+import sys
+import types
 
 import pytest
 import torch
@@ -21,10 +24,55 @@ LAYOUT = [("audio_encoder.passt.", "audio_embedding_model.model.model."),
           ("project_text.", "project_sentence.0.")]
 EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8), "posencode.pe": torch.zeros(10, 8),
           "sentence_embedding_model.embeddings.position_ids": torch.arange(512)[None]}
-# what the original's config would record for the paper's model (names from its code, spec 3-5)
-PAPER_HPARAMS = {"audio_features": {"model": "passt", "segment_length": 10, "hop_length": 10, "aggregate": "mean"},
-                 "sentence_features": {"model": "roberta-large", "max_sentence_tokens": 32, "use_first_token": True},
-                 "sequence_model": {"num_layers": 0}, "remove_punctuation": True, "normalize": True}
+# key names of the original checkpoint (its module names, spec appendix) -> ours, written out as data
+ORIGINAL_NAMES = {
+    "audio_embedding_model.model.model.patch_embed.proj.weight": "audio_encoder.passt.patch_embed.proj.weight",
+    "audio_embedding_model.model.model.cls_token": "audio_encoder.passt.cls_token",
+    "audio_embedding_model.model.model.dist_token": "audio_encoder.passt.dist_token",
+    "audio_embedding_model.model.model.new_pos_embed": "audio_encoder.passt.new_pos_embed",
+    "audio_embedding_model.model.model.freq_new_pos_embed": "audio_encoder.passt.freq_new_pos_embed",
+    "audio_embedding_model.model.model.time_new_pos_embed": "audio_encoder.passt.time_new_pos_embed",
+    "audio_embedding_model.model.model.blocks.0.attn.qkv.weight": "audio_encoder.passt.blocks.0.attn.qkv.weight",
+    "audio_embedding_model.model.model.norm.weight": "audio_encoder.passt.norm.weight",
+    "sentence_embedding_model.embeddings.word_embeddings.weight": "text_encoder.model.embeddings.word_embeddings.weight",
+    "sentence_embedding_model.encoder.layer.0.attention.self.query.weight":
+        "text_encoder.model.encoder.layer.0.attention.self.query.weight",
+    "project_audio.0.weight": "project_audio.weight",
+    "project_audio.0.bias": "project_audio.bias",
+    "project_sentence.0.weight": "project_text.weight",
+    "project_sentence.0.bias": "project_text.bias",
+    "tau": "tau",
+}
+# the original's config for the paper's model: its default_config with the README's overrides, nested
+# as its code nests it (the compared settings and some neighbours that must not be mistaken for them)
+PAPER_HPARAMS = {
+    "audio_features": {"model": "passt", "model_config": {"freq_scale": 1.0, "s_patchout_t": 15, "s_patchout_f": 2,
+                                                          "freqm": 0, "timem": 0, "return_sequence": False},
+                       "use_local_model": False, "frozen": False, "adopt_n_layers": 0, "segment_length": 10,
+                       "hop_length": 10, "aggregate": "mean",
+                       "sequence_model": {"num_layers": 0, "dim": 768, "use_first_token": True,
+                                          "normalize_input": False, "reduce_sequence": False}},
+    "sentence_features": {"model": "roberta-large", "frozen": False, "adopt_n_layers": 0, "use_first_token": True,
+                          "aggregate": "mean", "max_sentence_tokens": 32, "remove_punctuation": True},
+    "initial_tau": 0.05, "freeze_tau": True, "shared_representation_size": 1024, "normalize": True,
+    "max_epochs": 20, "lr_audio_encoder": 2e-5, "half_precision": True, "distill_from": [],
+}
+
+
+class ReadOnlyDict(dict):
+    """Pickles as sacred's ReadOnlyDict does, the class the original's nested config is made of: its
+    reduce is (class, (plain copy,)), so the items travel only as the argument of a class call."""
+
+    def __reduce__(self):
+        return type(self), ({**self},)
+
+
+def read_only(config):
+    """Nested dicts as sacred's make_read_only leaves them (the top level stays a plain dict, as the
+    original's ``dict(_config)`` hands it to Lightning)."""
+    def convert(value):
+        return ReadOnlyDict({k: convert(v) for k, v in value.items()}) if isinstance(value, dict) else value
+    return {k: convert(v) for k, v in config.items()}
 
 
 class TrainingOptions:
@@ -139,13 +187,13 @@ def test_pickled_config_objects_are_read_as_inert_data(tmp_path, released, origi
     path = save(tmp_path, released, {"options": TrainingOptions({"normalize": True, "use_first_token": True})})
     loaded = load_released_checkpoint(path, TINY)  # the weights score without unpickling any code
     assert torch.equal(loaded.project_text.weight, original.project_text.weight)
-    assert len(check_hyperparameters(path)) == 8 - 2  # both read from the stand-in's state
-    assert len(check_hyperparameters(path, trust_pickle=True)) == 8 - 2
+    assert len(check_hyperparameters(path)) == 9 - 2  # both read from the stand-in's state
+    assert len(check_hyperparameters(path, trust_pickle=True)) == 9 - 2
     # notebook 04's entry point: the same model and the same unchecked settings from one read
     (same_path, model, config), note = load_for_evaluation(path, config=TINY)
     assert same_path == path and config is TINY
     assert torch.equal(model.project_text.weight, original.project_text.weight)
-    assert note.endswith(str(check_hyperparameters(path)))  # the six settings the checkpoint does not record
+    assert note.endswith(str(check_hyperparameters(path)))  # the seven settings the checkpoint does not record
 
 
 def test_code_in_the_pickle_does_not_run(tmp_path, released):
@@ -169,28 +217,81 @@ def test_sequence_model_weights_mean_another_model(tmp_path, released, key):
     assert key in str(err.value)
 
 
+def _changed():
+    """The paper's config with every compared setting changed (return_sequence: pooled token sequence)."""
+    audio, sentence = PAPER_HPARAMS["audio_features"], PAPER_HPARAMS["sentence_features"]
+    return {**PAPER_HPARAMS, "normalize": False,
+            "audio_features": {**audio, "aggregate": "max", "segment_length": 5, "hop_length": 5,
+                               "model_config": {**audio["model_config"], "return_sequence": True},
+                               "sequence_model": {**audio["sequence_model"], "num_layers": 2}},
+            "sentence_features": {**sentence, "max_sentence_tokens": 64, "use_first_token": False,
+                                  "remove_punctuation": False}}
+
+
+CHANGED_NAMED = ("audio_features.aggregate='max'", "audio_features.segment_length=5", "audio_features.hop_length=5",
+                 "sentence_features.max_sentence_tokens=64", "sentence_features.remove_punctuation=False",
+                 "normalize=False", "audio_features.sequence_model.num_layers=2",
+                 "sentence_features.use_first_token=False", "audio_features.model_config.return_sequence=True")
+
+
 def test_paper_hyperparameters_pass_and_every_difference_is_named(tmp_path, released):
     assert compare_hyperparameters(PAPER_HPARAMS) == ([], [])
-    changed = {**PAPER_HPARAMS, "remove_punctuation": False, "normalize": False,
-               "audio_features": {**PAPER_HPARAMS["audio_features"], "aggregate": "max", "segment_length": 5},
-               "sentence_features": {"max_sentence_tokens": 64, "use_first_token": False},
-               "sequence_model": {"num_layers": 2}}
-    differences, _ = compare_hyperparameters(changed)
+    differences, _ = compare_hyperparameters(_changed())
     text = " ".join(differences)
-    for named in ("audio_features.aggregate='max'", "audio_features.segment_length=5", "max_sentence_tokens=64",
-                  "remove_punctuation=False", "normalize=False", "sequence_model.num_layers=2",
-                  "use_first_token=False"):
+    for named in CHANGED_NAMED:
         assert named in text
-    assert len(differences) == 7
-    path = save(tmp_path, released, changed)
+    assert len(differences) == len(CHANGED_NAMED) == 9
+    path = save(tmp_path, released, _changed())
     with pytest.raises(ConfigError, match="sequence_model.num_layers=2"):
         load_released_checkpoint(path, TINY)
 
 
+def test_settings_pickled_as_sacred_read_only_dicts_are_compared(tmp_path, released):
+    """The original's nested config reduces to ReadOnlyDict(plain_dict): the stand-in's arguments are data."""
+    paper = save(tmp_path, released, read_only(PAPER_HPARAMS), name="paper.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="ReadOnlyDict"):  # a foreign class, as sacred's is
+        torch.load(paper, weights_only=True)
+    assert check_hyperparameters(paper) == [] == check_hyperparameters(paper, trust_pickle=True)  # all read
+    changed = save(tmp_path, released, read_only(_changed()), name="changed.ckpt")
+    for trust_pickle in (False, True):
+        with pytest.raises(ConfigError) as err:
+            load_released_checkpoint(changed, TINY, trust_pickle=trust_pickle)
+        for named in CHANGED_NAMED:
+            assert named in str(err.value)
+
+
+def test_a_trusted_load_names_a_module_that_is_not_installed(tmp_path, released, monkeypatch):
+    """The original pickles sacred's classes; without sacred only the safe load can read them."""
+    absent = types.ModuleType("absent_config_module")
+    holder = type("ReadOnlyDict", (ReadOnlyDict,), {"__module__": absent.__name__})
+    absent.ReadOnlyDict = holder
+    monkeypatch.setitem(sys.modules, absent.__name__, absent)
+    path = save(tmp_path, released, {"audio_features": holder({"aggregate": "max"})})
+    monkeypatch.delitem(sys.modules, absent.__name__)
+    with pytest.raises(ConfigError, match="'absent_config_module', which is not installed; load it without "
+                                          "trust_released_pickle"):
+        check_hyperparameters(path, trust_pickle=True)
+    with pytest.raises(ConfigError, match="audio_features.aggregate='max'"):  # the safe load still reads it
+        check_hyperparameters(path)
+
+
+def test_original_key_names_land_on_our_modules(tmp_path, released, original):
+    """Checked against the original's names as data, not against our own renaming rules."""
+    assert set(ORIGINAL_NAMES) <= set(released)  # the fake checkpoint's layout is the original's
+    ours = original.state_dict()
+    generator = torch.Generator().manual_seed(2)
+    for theirs, mine in ORIGINAL_NAMES.items():
+        released[theirs] = torch.randn(ours[mine].shape if mine != "tau" else (1,), generator=generator)
+    loaded = load_released_checkpoint(save(tmp_path, released), TINY).state_dict()
+    for theirs, mine in ORIGINAL_NAMES.items():
+        assert torch.equal(loaded[mine], released[theirs].reshape(loaded[mine].shape)), theirs
+
+
 def test_unrecorded_settings_are_listed_not_guessed(tmp_path, released):
     differences, unchecked = compare_hyperparameters({"lr": 2e-5})
-    assert differences == [] and len(unchecked) == 8 and any("max_sentence_tokens" in u for u in unchecked)
-    assert len(check_hyperparameters(save(tmp_path, released, {"lr": 2e-5}))) == 8
+    assert differences == [] and len(unchecked) == 9 and any("max_sentence_tokens" in u for u in unchecked)
+    assert any("return_sequence" in u for u in unchecked)
+    assert len(check_hyperparameters(save(tmp_path, released, {"lr": 2e-5}))) == 9
 
 
 def test_hyperparameters_inside_a_pickled_container_are_compared(tmp_path, released):
