@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from salsa_lib import paths
-from salsa_lib.files import atomic_path, atomic_write_csv
+from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_text
 
 
 def table_path(profile: str, name: str) -> Path:
@@ -17,6 +17,13 @@ def table_path(profile: str, name: str) -> Path:
 def write_table(frame: pd.DataFrame, profile: str, name: str) -> Path:
     path = table_path(profile, name)
     atomic_write_csv(path, frame)
+    return path
+
+
+def write_text(text: str, profile: str, name: str) -> Path:
+    """A written result (markdown) beside the tables it was computed from."""
+    path = paths.results_dir(profile) / "tables" / f"{name}.md"
+    atomic_write_text(path, text)
     return path
 
 

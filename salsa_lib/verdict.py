@@ -170,3 +170,47 @@ def plot_verdict(table: pd.DataFrame):
     axes[0].tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+def _difference(row: pd.Series, reference: str) -> str:
+    """'+1.20 ± 0.80 points, 2 of 3 students ahead' for a paired difference column group (percent points)."""
+    mean, std = row.get(f"mAP@10 Δ {reference} mean"), row.get(f"mAP@10 Δ {reference} std")
+    wins = str(row.get(f"mAP@10 Δ {reference} wins", ""))
+    if mean is None or pd.isna(mean):
+        return "not measured"
+    ahead, _, n = wins.partition("/")
+    spread = f" ± {100 * std:.2f}" if std is not None and not pd.isna(std) else ""
+    within = " (within one std of zero)" if spread and abs(mean) <= std else ""
+    return f"{100 * mean:+.2f}{spread} points{within}, {ahead} of {n} students ahead"
+
+
+WEIGHTS_IN_WORDS = {"best": "Best-validation weights (our model selection)",
+                    "last": "Last-epoch weights (what the paper reports)"}
+
+
+def in_words(table: pd.DataFrame) -> str:
+    """The verdict table said in sentences (markdown), one paragraph per kind of weights.
+
+    Only what the table holds: means and sample stds (ddof 1) over n paired students, the paired
+    differences to the control and to the initial stage-1 member, with how many students are ahead.
+    No significance is claimed: with 3 students there is none to claim.
+    """
+    rows = table[~table.system.isin(["chance", "oracle ranking"])]
+    fixed = table.set_index("system")["mAP@10 mean"]
+    paragraphs = []
+    for weights in [w for w in runs.WEIGHTS if w in set(rows.weights)]:
+        chosen = rows[rows.weights == weights].set_index("system")
+        lines = [f"**{WEIGHTS_IN_WORDS.get(weights, weights)}** (test mAP@10, mean ± sample std over n seeds):"]
+        for system, row in chosen.iterrows():
+            spread = f" ± {100 * row['mAP@10 std']:.2f}" if not pd.isna(row["mAP@10 std"]) else ""
+            sentence = f"- {system}: {100 * row['mAP@10 mean']:.2f}{spread} % (n = {int(row['seeds'])})"
+            if system != "i = j (stage 1)":
+                sentence += f"; against the member it started from {_difference(row, 'stage 1')}"
+            if system not in ("i = j (stage 1)", "control"):
+                sentence += f"; against the control {_difference(row, 'control')}"
+            lines.append(sentence + ".")
+        paragraphs.append("\n".join(lines))
+    if "chance" in fixed and "oracle ranking" in fixed:
+        paragraphs.append(f"For scale: chance {100 * fixed['chance']:.2f} %, the oracle ranking "
+                          f"{100 * fixed['oracle ranking']:.2f} %.")
+    return "\n\n".join(paragraphs)

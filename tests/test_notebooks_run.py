@@ -48,6 +48,8 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(zip(verdict.system, verdict.weights)) == [("chance", ""), *[(s, w) for s in systems for w in ("best", "last")],
                                                           ("oracle ranking", "")]
     assert (verdict.loc[verdict.system.isin(["ensemble", "truth"]), "mAP@10 Δ stage 1 wins"] != "").all()
+    words = (results / "tables" / "verdict_words.md").read_text()
+    assert "**Best-validation weights" in words and "- ensemble: " in words and "against the control" in words
     grid = json.loads((results / "stage2" / "grid.json").read_text())
     assert [run["model"] for run in grid["runs"]] == ["ensemble_from_member0", "control_from_member0", "truth_from_member0"]
     for model in models[2:]:  # stage 2 is the stage-1 recipe run again, from the records on disk

@@ -133,3 +133,20 @@ def test_a_kind_is_paired_only_with_the_control_of_the_same_student():
     table = verdict.paired_table(seeds, {}, {}).set_index("system")
     assert table.loc["truth", "mAP@10 Δ control mean"] == pytest.approx(0.1)  # 0.6 - 0.5, not - 0.1
     assert table.loc["truth", "mAP@10 Δ control wins"] == "1/1"
+
+
+def test_verdict_in_words_says_what_the_table_holds(tmp_path):
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    rows, kinds = _grid_rows(values, last_offset=0.05)
+    _write_results(tmp_path / "results", rows, kinds)
+    _quality(tmp_path / "results")
+    words = verdict.in_words(verdict.verdict_from_files(tmp_path / "results", TRUTH_5))
+    best, last, scale = words.split("\n\n")
+    assert best.startswith("**Best-validation weights") and last.startswith("**Last-epoch weights")
+    # ensemble - control per student: +0.03, -0.01, +0.04 -> mean 2.00, sample std 2.65; 2 of 3 ahead
+    assert ("- ensemble: 28.67 ± 7.09 % (n = 3); against the member it started from +3.67 ± 2.31 points, "
+            "3 of 3 students ahead; against the control +2.00 ± 2.65 points (within one std of zero), "
+            "2 of 3 students ahead.") in best
+    # last weights: every model + 0.05; the initial member is always its best weights
+    assert "- control: 31.67 ± 5.03 % (n = 3); against the member it started from +6.67 ± 0.58 points" in last
+    assert scale.startswith("For scale: chance ")
