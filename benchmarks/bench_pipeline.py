@@ -110,6 +110,21 @@ def recorded_precisions(results: Path) -> list[str]:
     return sorted(set(found))
 
 
+def run_outcome(results: Path) -> dict:
+    """What the timed run found, so the figures quoted from it travel with its timings: the verdict
+    table and its words, and how much each member's validation curve still rose over its last quarter."""
+    tables = results / "tables"
+    records = lambda frame: frame.astype(object).where(frame.notna(), None).to_dict("records")  # noqa: E731
+    outcome = {}
+    if (tables / "verdict.csv").exists():
+        outcome["verdict"] = records(pd.read_csv(tables / "verdict.csv"))
+    if (tables / "verdict_words.md").exists():
+        outcome["verdict_words"] = (tables / "verdict_words.md").read_text()
+    if (tables / "01_convergence.csv").exists():
+        outcome["convergence"] = records(pd.read_csv(tables / "01_convergence.csv"))
+    return outcome
+
+
 def run_pipeline(checkout: Path, profile: str, overrides: dict[str, str], interval: float, home: Path,
                  names: list[str], env: dict[str, str]) -> dict:
     """One ``run_all.sh --force --quiet`` of ``checkout`` in the scratch ``home``: wall, per-notebook rows."""
@@ -137,6 +152,7 @@ def run_pipeline(checkout: Path, profile: str, overrides: dict[str, str], interv
         print(f"warning: saw {len(tracked['kernels'])} kernels for {len(names)} notebooks; "
               "per-notebook memory may be misattributed", file=sys.stderr)
     return {"command": " ".join(["./run_all.sh", *command[2:]]), "returncode": tracked["returncode"],
+            **run_outcome(home / "results" / profile),
             "failed": failed, "notebooks": rows, "precision": recorded_precisions(home / "results" / profile),
             "notebook_seconds_total": round(sum(r["seconds"] or 0 for r in rows), 1),
             "wall_s": tracked["wall_s"], "peak_rss_mb": tracked["peak_rss_mb"]}
