@@ -86,7 +86,8 @@ def test_index_lists_audio_by_content_and_reports_the_rest(sounds, model):
     assert index.embeddings.shape == (8, 32) and index.embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(index.durations, [2.5, 0.3, 0.8, 1.2], atol=1e-3)
-    np.testing.assert_allclose(index.starts[:4], [0, 0.5, 1.0, 1.5]) and np.testing.assert_allclose(index.ends[:4], [1, 1.5, 2, 2.5])
+    np.testing.assert_allclose(index.starts[:4], [0, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(index.ends[:4], [1, 1.5, 2, 2.5])
     assert index.ends[4] == pytest.approx(0.3, abs=1e-3)  # a padded window ends where the audio does
     meta = index.metadata
     assert meta["model_id"] == "m1" and meta["policy"]["hop_seconds"] == 0.5 and meta["files"] == 4
@@ -266,6 +267,45 @@ def test_cli_prints_json_results(sounds, checkpoint, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["rank", "score", "span", "path"] and len(table) == 5
     assert all("–" in line for line in table[1:])
+
+
+def test_cli_hop_backend_and_rebuild_reach_the_index(sounds, checkpoint, capsys, monkeypatch):
+    """--hop-seconds sets the windows (and invalidates the cache), --backend picks the search that runs,
+    --rebuild embeds every file again."""
+    every_window = ["--model", str(checkpoint), "--audio-dir", str(sounds), "--json", "--all-windows", "--top-k", "20"]
+    faiss_searches, faiss_rows = [], vector_index.AudioIndex._faiss_rows
+    monkeypatch.setattr(vector_index.AudioIndex, "_faiss_rows",
+                        lambda self, *args: faiss_searches.append(args) or faiss_rows(self, *args))
+    embedded = _counting_loader(monkeypatch)
+
+    def run(*argv) -> dict:
+        assert search.main([*every_window, *argv, "dog"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    half = run()
+    assert half["policy"]["hop_seconds"] == 0.5 and half["windows"] == 8
+    embedded.clear()
+    quarter = run("--hop-seconds", "0.25")
+    # 1 s windows every 0.25 s: 2.5 s -> 7 windows (0 ... 1.5), 0.3 s and 0.8 s -> 1 each, 1.2 s -> 2 (0, 0.25)
+    assert quarter["policy"]["hop_seconds"] == 0.25 and quarter["windows"] == 11
+    assert sorted(r["start"] for r in quarter["results"] if r["path"] == "dog.wav") == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5]
+    assert sorted(embedded) == ["Bird.WAV", "dog.wav", "rain.ogg", "short.flac"]  # another hop: nothing reused
+    assert quarter["backend"] == "exact" and faiss_searches == []  # auto: exact search below the FAISS threshold
+
+    embedded.clear()
+    via_faiss = run("--hop-seconds", "0.25", "--backend", "faiss")
+    assert via_faiss["backend"] == "faiss" and len(faiss_searches) == 1 and embedded == []
+    windows = {(r["path"], r["start"]): r["score"] for r in quarter["results"]}
+    assert {(r["path"], r["start"]): r["score"] for r in via_faiss["results"]} == pytest.approx(windows, abs=1e-6)
+    assert run("--hop-seconds", "0.25", "--backend", "exact")["backend"] == "exact" and len(faiss_searches) == 1
+
+    assert embedded == []  # the cache served every run since the hop changed
+    rebuilt = run("--hop-seconds", "0.25", "--rebuild")
+    assert sorted(embedded) == ["Bird.WAV", "dog.wav", "rain.ogg", "short.flac"]
+    assert {(r["path"], r["start"]): r["score"] for r in rebuilt["results"]} == pytest.approx(windows, abs=1e-6)
+
+    assert search.main([*every_window, "--hop-seconds", "1.5", "dog"]) == 1  # longer than the 1 s window
+    assert "hop_seconds" in capsys.readouterr().err
 
 
 def test_cli_errors_exit_1_without_traceback(tmp_path, sounds, checkpoint, capsys):
