@@ -1,6 +1,7 @@
 """``./run_all.sh --profile clotho --check``: is everything the paper profile needs there, before a long job?
 
-Each item says OK, MISSING or OPTIONAL, and for what is missing where to get it and where to put it.
+Each item says OK, MISSING, OPTIONAL, WARN or UNKNOWN (a GPU whose memory cannot be judged without the
+benchmark's estimate), and for what is missing where to get it and where to put it.
 Nothing is downloaded: the check only looks at disk and, for what is not on disk, asks with a short
 timeout whether its source answers (``probe``; tests pass a fake, so they never touch the network).
 """
@@ -47,7 +48,7 @@ Probe = Callable[[str, float], str | None]  # url, timeout -> None when reachabl
 @dataclass(frozen=True)
 class Item:
     name: str
-    status: str  # OK, MISSING (required), OPTIONAL (missing but not required), WARN
+    status: str  # OK, MISSING (required), OPTIONAL (missing but not required), WARN, UNKNOWN (cannot judge)
     detail: str
     todo: str = ""
 
@@ -106,14 +107,22 @@ def hub_item(name: str, probe: Probe, timeout: float) -> Item:
                 f"network run: huggingface-cli download {name}, and copy the cache folder (HF_HOME) here")
 
 
+def estimate_files() -> list[Path]:
+    """Where the models benchmark's figures are read from: under SALSA_HOME (where the benchmark writes
+    them), then the copy committed with the code."""
+    return list(dict.fromkeys([paths.results_dir("benchmarks") / "models.json",
+                               paths.REPO_ROOT / "results" / "benchmarks" / "models.json"]))
+
+
 def gpu_need_gb() -> tuple[float, float] | None:
-    """The recipe's GPU memory estimate (low, high) from the benchmark summary's ``models`` section."""
-    path = paths.REPO_ROOT / "results" / "benchmarks" / "models.json"
-    try:
-        low, high = json.loads(path.read_text())["paper_shapes"]["gpu_memory_estimate"]["total_gb_fp16_amp_range"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(low), float(high)
+    """The recipe's GPU memory estimate (low, high) from the first of ``estimate_files`` that has one."""
+    for path in estimate_files():
+        try:
+            low, high = json.loads(path.read_text())["paper_shapes"]["gpu_memory_estimate"]["total_gb_fp16_amp_range"]
+            return float(low), float(high)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def cuda_gpus() -> list[tuple[str, float]]:
@@ -125,14 +134,17 @@ def cuda_gpus() -> list[tuple[str, float]]:
 
 def gpu_item(gpus: list[tuple[str, float]], need: tuple[float, float] | None) -> Item:
     estimate = f"the recipe needs an estimated {need[0]:.0f}-{need[1]:.0f} GB (batch 64, fp16 AMP)" if need else \
-        "no memory estimate found (results/benchmarks/models.json)"
+        f"no memory estimate found ({' or '.join(map(str, estimate_files()))})"
     if not gpus:
         return Item("GPU", "MISSING", f"no CUDA GPU visible; {estimate}",
                     "run on a machine with an NVIDIA GPU (the authors used one A40, 48 GB), or try the "
                     "code path on CPU first: ./run_all.sh --profile clotho-dryrun")
     name, memory = max(gpus, key=lambda g: g[1])
     found = f"{name}, {memory:.0f} GB ({len(gpus)} visible); {estimate}"
-    if need is None or memory >= need[1]:
+    if need is None:
+        return Item("GPU", "UNKNOWN", found, "cannot tell whether it has enough memory: run "
+                    "benchmarks/bench_models.py for the estimate (the authors trained batch 64 on one A40, 48 GB)")
+    if memory >= need[1]:
         return Item("GPU", "OK", found)
     if memory >= need[0]:
         return Item("GPU", "WARN", found, "may run out of memory at the upper estimate; if so, halve batch_size "

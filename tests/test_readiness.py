@@ -1,11 +1,12 @@
 """The readiness check of the paper profile: every item named, what to do said, no network touched."""
 
 import json
+import re
 
 import pytest
 import requests
 
-from salsa_lib import readiness, runner
+from salsa_lib import paths, readiness, runner
 from salsa_lib.profiles import PROFILES
 from salsa_lib.fake_clotho import install_fake_clotho
 
@@ -96,6 +97,29 @@ def test_gpu_memory_against_the_estimate(memory, status):
     assert item.status == status and "Some GPU" in item.detail and "30-52 GB" in item.detail
 
 
+def _write_estimate(root, low, high):
+    path = root / "results" / "benchmarks" / "models.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"paper_shapes": {"gpu_memory_estimate": {"total_gb_fp16_amp_range": [low, high]}}}))
+
+
+def test_a_gpu_without_a_memory_estimate_is_unknown_not_ok(home, monkeypatch):
+    monkeypatch.setattr(paths, "REPO_ROOT", home / "code")  # no estimate under SALSA_HOME nor beside the code
+    gpu = next(i for i in readiness.check(CLOTHO, probe=Offline(), gpus=[("NVIDIA H100", 80.0)], free_bytes=10**12)
+               if i.name == "GPU")
+    assert gpu.status == "UNKNOWN" and "NVIDIA H100" in gpu.detail and "no memory estimate" in gpu.detail
+    assert "bench_models.py" in gpu.todo
+    text, _ = readiness.report([gpu])
+    assert text.startswith("[UNKNOWN ] GPU") and "what to do" in text
+
+
+def test_the_estimate_under_salsa_home_comes_first(home):
+    _write_estimate(home / "home", 100.0, 120.0)  # a GPU too large for any card, measured by this user
+    gpu = next(i for i in readiness.check(CLOTHO, probe=Offline(), gpus=[("NVIDIA H100", 80.0)], free_bytes=10**12)
+               if i.name == "GPU")
+    assert gpu.status == "MISSING" and "100-120 GB" in gpu.detail
+
+
 def test_the_estimate_comes_from_the_benchmark_summary():
     low, high = readiness.gpu_need_gb()
     assert 0 < low < high
@@ -118,7 +142,11 @@ def test_run_all_check_exits_non_zero_offline(home, monkeypatch, capsys):
     monkeypatch.setattr(readiness, "cuda_gpus", lambda: [])
     assert runner.main(["--profile", "clotho", "--check"]) == 1
     out = capsys.readouterr().out
-    for name in ("ClothoV2.1 development", "PaSST AudioSet weights", "roberta-large", "GPU"):
-        assert f"] {name}" in out or name in out
+    printed = {name: status for status, name in re.findall(r"^\[(\w+) *\] ([^:]+):", out, flags=re.MULTILINE)}
+    assert {name: printed.get(name) for name in ("ClothoV2.1 development", "PaSST AudioSet weights",
+                                                  "text encoder roberta-large", "GPU", "disk")} == {
+        "ClothoV2.1 development": "MISSING", "PaSST AudioSet weights": "MISSING", "text encoder roberta-large": "MISSING",
+        "GPU": "MISSING", "disk": "OK"}
+    assert out.rstrip().splitlines()[-1].startswith("not ready: missing ClothoV2.1 development")
     assert not (home / "home" / "results").exists()  # nothing ran
     assert runner.main(["--profile", "tiny", "--check"]) == 0  # the tiny profile needs nothing
