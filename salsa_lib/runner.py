@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from salsa_lib import paths
 from salsa_lib.config import EVERY_STAGE_FIELDS, StageConfig
 from salsa_lib.errors import ConfigError, SalsaError
 from salsa_lib.files import atomic_write_csv, atomic_write_json
-from salsa_lib.profiles import FORCE_STAGES, NOTEBOOK_STAGES, get_profile
+from salsa_lib.profiles import FORCE_STAGES, NOTEBOOK_STAGES, PROFILES, get_profile
 from salsa_lib.quiet import KERNEL_ARGUMENTS
 
 KERNEL_NAME = "salsa"  # registered by scripts/bootstrap.sh in the project's environment
@@ -179,11 +180,25 @@ def _log(profile: str, step: Step, status: str, seconds: float) -> None:
     atomic_write_csv(log_path, pd.concat([old, pd.DataFrame([row])], ignore_index=True))
 
 
+def _profiles_help() -> str:
+    """Every profile with its description, from ``PROFILES`` (the help cannot fall behind it)."""
+    width = max(map(len, PROFILES)) + 2
+    lines = ["profiles:"]
+    for name, profile in PROFILES.items():
+        wrapped = textwrap.wrap(profile.description, 78 - width - 2)
+        lines += [f"  {name:<{width}}{wrapped[0]}"] + [f"  {'':<{width}}{line}" for line in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="tiny", help="tiny (default, CPU) or clotho (the paper, GPU)")
+    parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0], epilog=_profiles_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny",
+                        help=f"one of {', '.join(PROFILES)} (default tiny; each is described below)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a notebook parameter, e.g. -p seed 3 (repeatable)")
+                        help="override a notebook parameter (repeatable): STAGE.NAME, e.g. -p stage1.seed 3, "
+                             "or a name one stage defines or every stage shares, e.g. -p n_train_clips 600 "
+                             "or -p precision 32-true")
     parser.add_argument("--from", dest="start", metavar="NN", help="run from notebook NN on")
     parser.add_argument("--only", metavar="NN", help="run notebook NN only")
     parser.add_argument("--force", action="store_true",
@@ -191,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no cell output or progress bars")
     parser.add_argument("--check", action="store_true",
                         help="run nothing: say item by item whether the profile's data, weights, GPU and disk are "
-                             "ready (exit 1 when something required is missing; downloads nothing)")
+                             "ready (exit 1 when something required is missing). The check downloads nothing; "
+                             "run_all.sh may first pip-install the pinned packages into .venv, as on every call")
     parser.add_argument("--notebooks-dir", type=Path, help=argparse.SUPPRESS)  # for tests
     args = parser.parse_args(argv)
     if args.check:

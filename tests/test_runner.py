@@ -1,6 +1,8 @@
 """The papermill runner: parameters reach the notebooks, failures are named, current steps skip."""
 
 import json
+import re
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -50,6 +52,21 @@ def test_plan_rejects_unknown_and_ill_typed_parameters():
         runner.plan("tiny", {"profile": "clotho"})
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         runner.plan("nope", {})
+
+
+def test_help_lists_every_profile_and_only_overrides_the_runner_accepts(capsys):
+    with pytest.raises(SystemExit) as done:
+        runner.main(["--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    for name in ("tiny", "tiny-grid", "clotho", "clotho-dryrun"):
+        assert re.search(rf"^  {re.escape(name)} +\S", shown, flags=re.MULTILINE), name  # listed with its description
+    assert set(PROFILES) == {"tiny", "tiny-grid", "clotho", "clotho-dryrun"}  # a new profile: add it above
+    header = (Path(runner.__file__).parent.parent / "run_all.sh").read_text()
+    examples = re.findall(r"-p\s+([a-z_][a-z0-9_.]*)\s+([^\s,;)]+)", shown + header)
+    assert {key for key, _ in examples} >= {"stage1.seed", "n_train_clips", "precision"}
+    for key, value in examples:
+        runner.plan("tiny", {key: value})  # raises ConfigError for an override the runner refuses
 
 
 def test_select_from_and_only(home):
