@@ -6,12 +6,23 @@ import io
 import soundfile as sf
 
 from salsa_lib import reference_queries
-from salsa_lib.profiles import DRYRUN_CHANGES, PROFILES
+from salsa_lib.profiles import PROFILES
 from salsa_lib.splits import preprocess_caption, read_captions_csv
 from salsa_lib.fake_clotho import METADATA_COLUMNS, install_fake_clotho
 
 HARDWARE = {"batch_size", "eval_batch_size", "embed_batch_size", "precision", "accelerator", "num_workers",
             "spectrogram_cache_gb"}
+# Every parameter the dry run changes, with its value, stated here as data: a test that read them
+# back from DRYRUN_CHANGES (what derive() is given) could not catch a wrong or an extra change.
+CPU_TRAINING = {"batch_size": 2, "eval_batch_size": 2, "precision": "auto", "accelerator": "cpu", "num_workers": 0,
+                "spectrogram_cache_gb": 0.0}
+EXPECTED_CHANGES = {
+    "data": {"dataset": "fake-clotho", "n_train_clips": 2, "n_val_clips": 2, "n_test_clips": 3},
+    "stage1": {"pretrained_audio": False, "text_encoder": "random-roberta-large", "epochs": 1, **CPU_TRAINING},
+    "correspondences": {"embed_batch_size": 2, "accelerator": "cpu"},
+    "stage2": {"epochs": 1, **CPU_TRAINING},
+    "evaluation": {"embed_batch_size": 2, "accelerator": "cpu"},
+}
 
 
 def test_the_dry_run_computes_the_stft_every_step_as_the_paper_run_must():
@@ -25,13 +36,14 @@ def test_the_dry_run_computes_the_stft_every_step_as_the_paper_run_must():
 
 def test_dryrun_differs_from_clotho_only_where_it_says():
     clotho, dryrun = PROFILES["clotho"], PROFILES["clotho-dryrun"]
+    assert set(dryrun.stage_configs()) >= set(EXPECTED_CHANGES)
     for stage, ours in dryrun.stage_configs().items():
         theirs = getattr(clotho, stage).to_params()
-        changed = {k for k, v in ours.to_params().items() if theirs[k] != v}
-        assert changed == set(DRYRUN_CHANGES.get(stage, {})) | {"profile"}, stage
+        changed = {k: v for k, v in ours.to_params().items() if theirs[k] != v}
+        assert changed == {**EXPECTED_CHANGES.get(stage, {}), "profile": "clotho-dryrun"}, stage
     # besides data, weights and epochs, only batch size, precision and device
-    stage1 = set(DRYRUN_CHANGES["stage1"]) - {"pretrained_audio", "text_encoder", "epochs"}
-    assert stage1 <= HARDWARE and set(DRYRUN_CHANGES["stage2"]) - {"epochs"} <= HARDWARE
+    stage1 = set(EXPECTED_CHANGES["stage1"]) - {"pretrained_audio", "text_encoder", "epochs"}
+    assert stage1 <= HARDWARE and set(EXPECTED_CHANGES["stage2"]) - {"epochs"} <= HARDWARE
     paper = dryrun.stage1
     assert (paper.audio_encoder, paper.train_seconds, paper.window_seconds, paper.text_trainable_layers,
             paper.text_max_length, paper.tau, paper.embed_dim) == ("passt_s_p16_s16_128_ap468", 30.0, 10.0, -1,
