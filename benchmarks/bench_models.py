@@ -4,8 +4,12 @@ Training: one step = forward of both encoders, the stage-1 contrastive loss, bac
 (the four parameter groups of the paper). Timed after a warm-up step; the figure is the median of the
 repeats. Two models:
 
-- tiny: ``build_dual_encoder(Stage1Config())`` (random small PaSST, packaged MiniLM with its top 2 layers
-  training), batch 32 x 5 s clips, as notebook 01 trains it;
+- tiny: the step notebook 01 runs on the tiny profile (``RetrievalModule`` of ``PROFILES["tiny"].stage1``:
+  random small PaSST, packaged MiniLM with its top 2 layers training; its optimiser; batch 32 x 5 s clips).
+  As in training, the clips' power spectrograms and the frozen text layers' states come from the per-run
+  step caches (filled as ``StepCache`` fills them: the tiny training set fits the cache limit), and the
+  precision is the profile's ``auto`` resolved for this CPU by ``salsa_lib.precision`` (bf16 autocast where
+  the CPU computes bf16 natively, else fp32), applied around the forward pass as Lightning applies it;
 - paper shapes: PaSST-S p16/s16 (``passt_s_p16_s16_128_ap468``, random weights, 10 s windows) and a
   RoBERTa-large-shaped text encoder (random weights, hand-made config, random token ids of length 32:
   no tokenizer, no network), everything training, 32-bit; a small batch (default 4 x 30 s clips, three
@@ -36,9 +40,11 @@ import torch
 from torch import nn
 
 from salsa_lib import paths
-from salsa_lib.config import Stage1Config
 from salsa_lib.files import atomic_write_json
 from salsa_lib.losses import contrastive_loss
+from salsa_lib.profiles import PROFILES
+
+TINY = PROFILES["tiny"].stage1  # the configuration notebook 01 trains on the tiny profile
 
 SAMPLE_RATE = 32000
 CAPTION_WORDS = ["a", "dog", "barks", "while", "cars", "pass", "by", "on", "wet", "street", "birds", "sing",
@@ -73,34 +79,58 @@ def _optimizer(model) -> torch.optim.Optimizer:
                              betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
 
-def _train_figures(times: list[float], batch: int) -> dict:
+def _train_figures(times: list[float], batch: int, step: str) -> dict:
+    """``step`` says in words what one timed step computes (the summary shows it beside each figure)."""
     median = statistics.median(times)
-    return {"seconds_per_step_median": round(median, 3), "seconds_per_step_all": [round(t, 3) for t in times],
-            "clips_per_s": round(batch / median, 2)}
+    return {"step": step, "seconds_per_step_median": round(median, 4),
+            "seconds_per_step_all": [round(t, 4) for t in times], "clips_per_s": round(batch / median, 2)}
+
+
+def notebook01_step(module, batch: dict, cache, resolved: str):
+    """One training step as ``RetrievalModule.training_step`` takes it on one device, under the precision
+    Lightning applies for ``resolved`` (autocast around the forward pass only), then AdamW."""
+    from salsa_lib import precision
+
+    optimizer = module.configure_optimizers()["optimizer"]
+    dtype = precision.autocast_dtype(resolved)
+
+    def step():
+        module.train()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            audio, text = module._embed(batch, cache, batch["idx"], batch["caption"])
+            loss = module.loss(module.model.logits(audio, text), batch)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
-    from salsa_lib.model import build_dual_encoder
+    from salsa_lib import precision
+    from salsa_lib.step_cache import StepCache
+    from salsa_lib.training import RetrievalModule
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    config = Stage1Config()
-    model = build_dual_encoder(config)
-    optimizer = _optimizer(model)
+    config = TINY
+    module = RetrievalModule(config.to_params(), steps_per_epoch=100)
+    model = module.model
     audio = 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)
     lengths = torch.ones(batch)
     captions = _captions(batch, generator)
+    with torch.no_grad():  # what the step caches hold for these clips and captions
+        cache = StepCache(model.audio_encoder.power(audio) if config.spectrogram_cache_gb > 0 else None,
+                          model.text_encoder.frozen_states(captions) if model.text_encoder.bottom_frozen else None)
     ids = torch.arange(batch)
-
-    def step():
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        logits = model.logits(model.embed_audio(audio, lengths), model.embed_text(captions))
-        contrastive_loss(logits, ids).backward()
-        optimizer.step()
-
-    train = _train_figures(_time_steps(step, warmup, repeats), batch)
-    breakdown = step_breakdown(model, optimizer, audio, captions, warmup, repeats)
+    resolved = precision.announce(config.precision, "cpu")  # as training resolves it on this CPU
+    step = notebook01_step(module, {"audio": audio, "audio_length": lengths, "audio_idx": ids, "idx": ids,
+                                    "caption": captions}, cache, resolved)
+    described = (f"notebook 01's step: stored power spectrograms and frozen text states (step caches), "
+                 f"precision {resolved} (the profile's {config.precision!r} on this CPU), forward + contrastive "
+                 f"loss + backward + AdamW")
+    train = {**_train_figures(_time_steps(step, warmup, repeats), batch, described), "precision": resolved}
+    breakdown = step_breakdown(model, _optimizer(model), audio, captions, warmup, repeats)
 
     model.eval()
     with torch.no_grad():
@@ -108,7 +138,8 @@ def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batc
         text_times = _time_steps(lambda: model.embed_text(captions), 1, embed_batches)
     return {
         "model": f"{config.audio_encoder} (width {config.passt_width}, depth {config.passt_depth}) + "
-                 f"{config.text_encoder} (top {config.text_trainable_layers} layers train), embed_dim {config.embed_dim}",
+                 f"{config.text_encoder} (top {config.text_trainable_layers} layers train), embed_dim {config.embed_dim}"
+                 f" (profile tiny, stage 1)",
         "batch": batch, "clip_seconds": seconds, "window_seconds": config.window_seconds,
         "parameters": {"audio_encoder": _count(model.audio_encoder), "text_encoder": _count(model.text_encoder),
                        "all": _count(model)},
@@ -129,6 +160,7 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
     six MiniLM layers. after: the clips' power spectrograms and the frozen text layers' outputs are
     stored once per run (``salsa_lib.step_cache``), so a step computes only the jittered mel filterbank,
     the top text layers, on captions padded to the longest of the batch. PaSST is the same in both.
+    Every part runs in fp32 except the one labelled bf16, whatever this CPU's training precision is.
     """
     from salsa_lib.splits import preprocess_caption
     from salsa_lib.losses import contrastive_loss
@@ -176,7 +208,8 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
                   "MiniLM top layers forward+backward (longest caption)":
                       lambda: text_encoder.forward_from_states(states).sum().backward(),
                   "whole step": lambda: full_step(True),
-                  "whole step, bf16 autocast (the tiny profile's precision)": lambda: bf16(full_step, True)},
+                  "whole step, bf16 autocast (auto's choice on a CPU with native bf16)":
+                      lambda: bf16(full_step, True)},
     }
     out = {when: {name: round(statistics.median(_time_steps(f, warmup, repeats)), 4) for name, f in fns.items()}
            for when, fns in parts.items()}
@@ -269,7 +302,9 @@ def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: i
         forward_loss().backward()
         optimizer.step()
 
-    train = _train_figures(_time_steps(step, warmup, repeats), batch)
+    train = _train_figures(_time_steps(step, warmup, repeats), batch,
+                           "paper shapes: STFT every step, everything trains, fp32, forward + contrastive loss + "
+                           "backward + AdamW")
     memory = memory_estimate(model, saved_activation_bytes(model, forward_loss), batch, target_batch)
     return {
         "model": f"{PAPER_PASST} (random weights, {window:g} s windows) + RoBERTa-large shapes "
@@ -286,8 +321,8 @@ def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per model (after 1 warm-up)")
-    parser.add_argument("--tiny-batch", type=int, default=32)
-    parser.add_argument("--tiny-seconds", type=float, default=5.0)
+    parser.add_argument("--tiny-batch", type=int, default=TINY.batch_size, help="default: the tiny profile's")
+    parser.add_argument("--tiny-seconds", type=float, default=TINY.train_seconds, help="default: the tiny profile's")
     parser.add_argument("--embed-repeats", type=int, default=5, help="timed embedding batches")
     parser.add_argument("--paper-batch", type=int, default=4)
     parser.add_argument("--paper-seconds", type=float, default=30.0)
@@ -319,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": "cpu",
         "quick": args.quick, "warmup_steps": warmup, "repeats": args.repeats,
-        "step": "forward (both encoders) + stage-1 contrastive loss + backward + AdamW step",
+        "step": "one optimizer step: tiny as notebook 01 runs it, paper shapes in fp32 without caches (see each "
+                "model's train.step)",
         "tiny": tiny, "paper_shapes": paper,
         "wall_s": round(time.perf_counter() - start, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
