@@ -6,8 +6,9 @@ repeats. Two models:
 
 - tiny: the step notebook 01 runs on the tiny profile (``RetrievalModule`` of ``PROFILES["tiny"].stage1``:
   random small PaSST, packaged MiniLM with its top 2 layers training; its optimiser; batch 32 x 5 s clips).
-  As in training, the clips' power spectrograms and the frozen text layers' states come from the per-run
-  step caches (filled as ``StepCache`` fills them: the tiny training set fits the cache limit), and the
+  As in training, the clips' power spectrograms and (with ``text_step_cache``) the frozen text layers'
+  states come from the per-run step caches (filled as ``StepCache`` fills them: the tiny training set fits
+  the cache limit), and the
   precision is the profile's ``auto`` resolved for this CPU by ``salsa_lib.precision`` (bf16 autocast where
   the CPU computes bf16 natively, else fp32), applied around the forward pass as Lightning applies it;
 - paper shapes: PaSST-S p16/s16 (``passt_s_p16_s16_128_ap468``, random weights, 10 s windows) and a
@@ -119,14 +120,16 @@ def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batc
     audio = 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)
     lengths = torch.ones(batch)
     captions = _captions(batch, generator)
+    text_cached = config.text_step_cache and model.text_encoder.bottom_frozen
     with torch.no_grad():  # what the step caches hold for these clips and captions
         cache = StepCache(model.audio_encoder.power(audio) if config.spectrogram_cache_gb > 0 else None,
-                          model.text_encoder.frozen_states(captions) if model.text_encoder.bottom_frozen else None)
+                          model.text_encoder.frozen_states(captions) if text_cached else None)
     ids = torch.arange(batch)
     resolved = precision.announce(config.precision, "cpu")  # as training resolves it on this CPU
     step = notebook01_step(module, {"audio": audio, "audio_length": lengths, "audio_idx": ids, "idx": ids,
                                     "caption": captions}, cache, resolved)
-    described = (f"notebook 01's step: stored power spectrograms and frozen text states (step caches), "
+    cached = "power spectrograms and frozen text states" if text_cached else "power spectrograms"
+    described = (f"notebook 01's step: stored {cached} (step caches), "
                  f"precision {resolved} (the profile's {config.precision!r} on this CPU), forward + contrastive "
                  f"loss + backward + AdamW")
     train = {**_train_figures(_time_steps(step, warmup, repeats), batch, described), "precision": resolved}
