@@ -140,6 +140,11 @@ def test_run_registry_lists_members_then_stage2_runs_with_both_weights(tmp_path,
     assert models[2]["teachers"] == "member0+member1"
     with pytest.raises(DataError, match="last.ckpt is missing"):  # never a silently shorter table
         runs.trained_models("test", ("best", "last"))
-    assert runs.stage2_teacher_kinds(runs.stage2_dir("test")) == {"ensemble_from_member0": ("ensemble", 0)}
+    with pytest.raises(DataError, match="grid.json is missing"):  # the verdict reads only a listed grid
+        runs.stage2_grid(runs.stage2_dir("test"))
+    (runs.stage2_dir("test") / runs.GRID_LISTING).write_text(json.dumps({"runs": [
+        {"model": "ensemble_from_member0", "teachers": "ensemble", "init_member": 0, "seed": 9,
+         "sup_weight": 0.0, "distill_weight": 1.0}]}))
+    assert runs.stage2_grid(runs.stage2_dir("test")) == {"ensemble_from_member0": ("ensemble", 0)}
     with pytest.raises(ConfigError, match=r"member\(s\) \['member7'\] not found"):
         runs.member_folders("test", ["member7"])
