@@ -178,12 +178,22 @@ def _summarise_models(d: dict, rows: list, ratios: list) -> None:
 
 
 def _summarise_pipeline(d: dict, rows: list, ratios: list) -> None:
-    how = "one run" + (", --quick overrides" if d.get("quick") else "")
+    precisions = ", ".join(d.get("precision") or ["not recorded"])
+    how = f"one run, precision {precisions}" + (", --quick overrides" if d.get("quick") else "")
     for row in d.get("notebooks", []):
         _figure(rows, "pipeline", f"{row['notebook']}: execution", row.get("seconds"), "s", how + " (run_log.csv)")
         _figure(rows, "pipeline", f"{row['notebook']}: peak RSS (process tree)", row.get("peak_rss_mb"), "MB", how)
     _figure(rows, "pipeline", "all notebooks: execution", d.get("notebook_seconds_total"), "s", how)
     _figure(rows, "pipeline", f"`{d.get('command', './run_all.sh')}`: wall", d.get("wall_s"), "s", how)
+    baseline = d.get("baseline")
+    if baseline:
+        old = f"commit {baseline.get('commit', '?')[:7]}"
+        for row in baseline.get("notebooks", []):
+            _figure(rows, "pipeline", f"{old}, {row['notebook']}: execution", row.get("seconds"), "s",
+                    "the same command on the baseline commit, run just before, on the same machine")
+        _figure(rows, "pipeline", f"{old}: wall", baseline.get("wall_s"), "s", "the same command, run just before")
+        _ratio(ratios, "pipeline", f"this commit vs {old}, wall", d.get("wall_s"), baseline.get("wall_s"),
+               f"times the baseline's wall time, one after the other on one machine ({precisions})")
     _figure(rows, "pipeline", "peak RSS (whole run)", d.get("peak_rss_mb"), "MB", how)
     target = d.get("target") or {}
     if target.get("met") is not None:
@@ -214,7 +224,19 @@ def _summarise_correspondences(d: dict, rows: list, ratios: list) -> None:
                 f"{target.get('clips'):,} clips", "met" if target["met"] else "NOT met")
 
 
-SUMMARISERS = {"data": _summarise_data, "setup": _summarise_setup, "correspondences": _summarise_correspondences, "search": _summarise_search, "models": _summarise_models,
+def _summarise_text_cache(d: dict, rows: list, ratios: list) -> None:
+    how = f"test split, best-validation weights, precision {d.get('precision')}, mean ± sample std over seeds"
+    for name, summary in (d.get("summary") or {}).items():
+        std = summary.get("mAP@10 std (ddof 1)")
+        value = f"{100 * summary['mAP@10 mean']:+.2f}" if name.startswith("uncached minus") else \
+            f"{100 * summary['mAP@10 mean']:.2f}"
+        extra = f"; {summary['seeds where uncached is better']} seeds better uncached" if \
+            "seeds where uncached is better" in summary else ""
+        _figure(rows, "text_cache", f"stage-1 members, {name}: test mAP@10",
+                value + (f" ± {100 * std:.2f}" if std is not None else ""), "%", how + extra)
+
+
+SUMMARISERS = {"text_cache": _summarise_text_cache, "data": _summarise_data, "setup": _summarise_setup, "correspondences": _summarise_correspondences, "search": _summarise_search, "models": _summarise_models,
                "pipeline": _summarise_pipeline}
 
 
