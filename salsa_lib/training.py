@@ -97,7 +97,10 @@ class RetrievalModule(pl.LightningModule):
             audio, text, batch = _gather_global_batch(audio, text, batch)
         loss = self.loss(self.model.logits(audio, text), batch)
         self._steps += 1
-        if not torch.isfinite(loss):  # the same on every rank: the loss is computed on the global batch
+        finite = bool(torch.isfinite(loss))  # the same on every rank: the loss is computed on the global batch
+        # summed per epoch in the log, where the epoch's loss is (a resumed run does not log an epoch twice)
+        self.log("train/skipped_steps", float(not finite), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
+        if not finite:
             self._skipped += 1
             self._drop_gradients = True
             return loss  # Lightning refuses a None under DDP; its NaN gradients are dropped before the step
@@ -113,11 +116,10 @@ class RetrievalModule(pl.LightningModule):
             self._drop_gradients = False
 
     def on_train_epoch_end(self) -> None:
-        """Log how many steps a non-finite loss skipped; stop when no step of the epoch trained."""
+        """Say how many steps a non-finite loss skipped; stop when no step of the epoch trained."""
         steps, skipped = self._steps, self._skipped
         self._steps = self._skipped = 0
         self.skipped_steps += skipped
-        self.log("train/skipped_steps", float(skipped), on_step=False, on_epoch=True)
         if not skipped:
             return
         epoch = self.current_epoch
