@@ -80,13 +80,20 @@ def reason(resolved: str) -> str:
                                 "is ~100x slower than fp32"}.get(resolved, "set explicitly")
 
 
-@functools.cache
 def announce(precision: str, accelerator: str) -> str:
-    """``resolve`` for this machine, printed once per process and setting (the reader sees what ran)."""
+    """``resolve`` for this machine, printed once per process and outcome (the reader sees what ran).
+
+    Resolved at every call: only the printing is remembered, so a changed answer is never stale.
+    """
     resolved = resolve(precision, accelerator)
+    _print_once(precision, resolved)
+    return resolved
+
+
+@functools.cache
+def _print_once(precision: str, resolved: str) -> None:
     origin = f"auto -> {resolved} ({reason(resolved)})" if precision == AUTO else f"{resolved} (set explicitly)"
     print(f"training precision: {origin}", flush=True)
-    return resolved
 
 
 def autocast_dtype(resolved: str) -> torch.dtype | None:

@@ -102,3 +102,13 @@ def test_the_stage_configs_default_to_auto_and_refuse_unknown_precisions():
     assert PROFILES["clotho-dryrun"].stage1.precision == "auto"  # the dry run follows the machine too
     with pytest.raises(ConfigError, match="precision='bf16'"):
         Stage1Config(precision="bf16")
+
+
+def test_announce_resolves_every_time_and_prints_once(monkeypatch, capsys):
+    """Only the printing is remembered: a changed answer (another test's, an env var) is never stale."""
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.announce("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert [precision.announce("auto", "cpu") for _ in range(2)] == ["32-true", "32-true"]
+    assert capsys.readouterr().out.count("auto -> 32-true") <= 1
