@@ -1,4 +1,4 @@
-"""Estimating audio-caption correspondences from frozen stage-1 members (spec section 7.1-7.2).
+"""Estimating audio-caption correspondences from frozen stage-1 members (method §7.1–7.2).
 
 Each member embeds the training split once, in eval mode; the embeddings are stored index-aligned
 with the data set (clip i, caption 5 i + k), so stage 2 builds the targets of any batch by indexing,
@@ -63,7 +63,7 @@ def stack_teachers(payloads: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ensemble_logits(audio: torch.Tensor, captions: torch.Tensor, tau: float) -> torch.Tensor:
-    """C_bar / tau: the mean over M teachers of their cosine matrices (spec 7.2, item 4 of 12).
+    """C_bar / tau: the mean over M teachers of their cosine matrices (method §7.2 and §12 item 4).
 
     ``audio`` (M, B_a, D) and ``captions`` (M, B_c, D) are L2-normalised; result (B_a, B_c).
     """
@@ -139,7 +139,7 @@ def identity_estimate(n_clips: int) -> np.ndarray:
 def teachers_tau(profile: str) -> float:
     """The fixed temperature the stage-1 members were trained with, read from their checkpoints.
 
-    The estimate softens the ensemble's cosines with the members' own tau (spec 7.2); members trained
+    The estimate softens the ensemble's cosines with the members' own tau (method §7.2); members trained
     with different values have no common one, so that is refused.
     """
     taus = {folder.name: saved_config(runs.checkpoint(folder)).tau for folder in runs.member_folders(profile)}

@@ -1,9 +1,9 @@
 """Audio and text encoders, used through hear21passt's and transformers' public constructors.
 
-The audio side reproduces spec section 3.1-3.2: PaSST on non-overlapping windows, window embedding
+The audio side reproduces method §3.1–3.2: PaSST on non-overlapping windows, window embedding
 (CLS + DIST) / 2, masked mean over the windows that contain audio. The text side reproduces
-section 4: first-token embedding of the last layer, dropout 0.2, 32 tokens, lowercase without
-punctuation.
+method §2.3 and §4: first-token embedding of the last layer, dropout 0.2, 32 tokens, lowercase
+without punctuation.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def full_precision(device: torch.device):
 
 
 def mel_frontend() -> nn.Module:
-    """PaSST's mel front end with the spec's settings (no SpecAugment; fmin/fmax jitter in training)."""
+    """PaSST's mel front end with the settings of method §3.2 (no SpecAugment; fmin/fmax jitter in training)."""
     from hear21passt.models.preprocess import AugmentMelSTFT  # lazy, see build_passt
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about fmax
@@ -100,7 +100,7 @@ class AudioEncoder(nn.Module):
         self.window_samples = int(round(window_seconds * MODEL_SAMPLE_RATE))
         self.dim = passt.embed_dim
 
-    @torch.no_grad()  # the front end is fixed; no gradients needed (spec 3.2)
+    @torch.no_grad()  # the front end is fixed; no gradients needed (method §3.2)
     def power(self, audio: torch.Tensor) -> torch.Tensor:
         """Power spectrograms (B, windows, 513, frames): the front end's part without randomness.
 
@@ -192,7 +192,7 @@ DROPOUT_FIELDS = (("hidden_dropout_prob", "attention_probs_dropout_prob"),  # BE
 
 
 def with_dropout(config, dropout: float):
-    """``config`` with the text dropout (spec 4) under whatever names its family uses.
+    """``config`` with the text dropout (method §4) under whatever names its family uses.
 
     A family whose names are unknown is refused: silently training without the dropout would
     change the method without a word.

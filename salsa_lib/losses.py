@@ -1,4 +1,4 @@
-"""The two losses of SALSA as pure tensor functions (spec sections 6 and 7.3).
+"""The two losses of SALSA as pure tensor functions (method §6 and §7.3).
 
 Convention everywhere: ``logits[i, j] = cos(audio_i, caption_j) / tau`` -- rows are audio, columns
 are captions, as in the paper's C matrix.
@@ -15,7 +15,7 @@ def contrastive_loss(logits: torch.Tensor, audio_ids: torch.Tensor) -> torch.Ten
 
     ``audio_ids[k]`` identifies the clip of batch item k (audio k and caption k come from item k).
     Two captions of one clip in a batch are both positives, and both stay in the denominators
-    (spec section 6). Each direction is the mean log-likelihood over all positive pairs; L = -1/2 sum.
+    (method §6). Each direction is the mean log-likelihood over all positive pairs; L = -1/2 sum.
     """
     positives = audio_ids[:, None] == audio_ids[None, :]
     log_q_audio = F.log_softmax(logits, dim=0)  # q_a(a_i | c_j): which audio for caption j
@@ -38,7 +38,7 @@ def correspondence_targets(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Stage 2, L_dist = 1/2 [CE_rows(S, p_c) + CE_rows(S^T, p_a^T)] (spec section 7.3).
+    """Stage 2, L_dist = 1/2 [CE_rows(S, p_c) + CE_rows(S^T, p_a^T)] (method §7.3).
 
     No extra temperature and no T^2 factor: teacher and student share the fixed tau.
     """

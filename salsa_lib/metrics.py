@@ -1,4 +1,4 @@
-"""Retrieval metrics of the ClothoV2 protocol (spec section 9), as small pure functions."""
+"""Retrieval metrics of the ClothoV2 protocol (method §9), as small pure functions."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def ranks_of_relevant(similarity: np.ndarray, relevant: np.ndarray, source: str 
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks=(1, 5, 10), map_k: int = 10) -> dict[str, float]:
-    """mAP@k (reciprocal rank truncated at k, one relevant item) and R@k, as fractions (spec 9)."""
+    """mAP@k (reciprocal rank truncated at k, one relevant item) and R@k, as fractions (method §9)."""
     ranks = np.asarray(ranks)
     if len(ranks) and ranks.min() < 1:  # only NaN scores rank an item 0th, and 1/0 is an infinite mAP
         raise NonFiniteError(f"ranks must be 1 or more, got {ranks.min()}: were the similarities NaN?")

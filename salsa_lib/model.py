@@ -1,4 +1,4 @@
-"""The dual encoder: audio and caption embeddings in one space, compared by cosine / tau (spec 5)."""
+"""The dual encoder: audio and caption embeddings in one space, compared by cosine / tau (method §5)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class DualEncoder(nn.Module):
             return audio_embeddings.float() @ caption_embeddings.float().T / self.tau.float()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The paper's four learning-rate groups (spec 8)."""
+        """The paper's four learning-rate groups (method §8)."""
         groups = {"audio_encoder": self.audio_encoder, "text_encoder": self.text_encoder,
                   "audio_projection": self.project_audio, "text_projection": self.project_text}
         return {name: [p for p in module.parameters() if p.requires_grad] for name, module in groups.items()}

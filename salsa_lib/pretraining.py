@@ -1,4 +1,4 @@
-"""Pretraining the small PaSST on audio tagging: the tiny profile's stand-in for AudioSet (spec 3.2).
+"""Pretraining the small PaSST on audio tagging: the tiny profile's stand-in for AudioSet (method §3.2).
 
 The paper's PaSST has learnt to tag AudioSet's 527 classes before it sees a caption; a randomly
 initialised encoder trained on a few hundred captioned clips is far from that regime. Here the small

@@ -73,7 +73,7 @@ class Profile:
         return Profile(name=name, description=description, **stages)
 
 
-# The README recipe of the original work (spec 8), for both training stages
+# The README recipe of the original work (method §8), for both training stages
 PAPER_TRAINING = dict(
     batch_size=64, eval_batch_size=32, epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0,
     lr_audio_encoder=2e-5, lr_text_encoder=2e-5, lr_audio_projection=2e-5, lr_text_projection=2e-5,

@@ -227,7 +227,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def expected_hyperparameters(config=RELEASED_CONFIG) -> dict[str, tuple[str, Any]]:
-    """What the original code's config keys (spec sections 3-5) must say for our model to be theirs:
+    """What the original code's config keys (method §2.3 and §3–5) must say for our model to be theirs:
     key (its last path components: 'sequence_model.num_layers' needs both) -> (what it is, our value)."""
     return {"aggregate": ("pooling over windows", "mean"), "use_first_token": ("text pooling", True),
             "segment_length": ("window length, s", config.window_seconds),

@@ -1,4 +1,4 @@
-"""Training on Lightning: the paper's optimiser and schedule, checkpoints, resume, DDP (spec 8).
+"""Training on Lightning: the paper's optimiser and schedule, checkpoints, resume, DDP (method §8).
 
 The losses and metrics are pure functions elsewhere; this module only wires them into a
 LightningModule. Stage 2 reuses it and only swaps the loss (``RetrievalModule.loss``).

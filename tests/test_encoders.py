@@ -1,4 +1,4 @@
-"""Encoders: PaSST windowing and masked pooling (spec 3.1), the text side (spec 4), the dual model (5)."""
+"""Encoders: PaSST windowing and masked pooling (method §3.1), the text side (§4), the dual model (§5)."""
 
 import urllib.error
 
@@ -85,7 +85,7 @@ def test_non_bert_text_encoder_trains_whole_or_is_refused_by_name(tiny_distilber
 
 
 def test_text_dropout_reaches_every_family(tiny_distilbert):
-    """The spec's text dropout under each family's own names (DistilBERT: dropout, attention_dropout)."""
+    """The text dropout of method §4 under each family's own names (DistilBERT: dropout, attention_dropout)."""
     encoder = TextEncoder(tiny_distilbert, dropout=0.3, trainable_layers=-1)
     assert encoder.model.config.dropout == encoder.model.config.attention_dropout == 0.3
     assert encoder.model.transformer.layer[0].attention.dropout.p == 0.3

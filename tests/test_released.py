@@ -24,7 +24,7 @@ LAYOUT = [("audio_encoder.passt.", "audio_embedding_model.model.model."),
           ("project_text.", "project_sentence.0.")]
 EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8), "posencode.pe": torch.zeros(10, 8),
           "sentence_embedding_model.embeddings.position_ids": torch.arange(512)[None]}
-# key names of the original checkpoint (its module names, spec appendix) -> ours, written out as data
+# key names of the original checkpoint (its module names, method appendix A) -> ours, written out as data
 ORIGINAL_NAMES = {
     "audio_embedding_model.model.model.patch_embed.proj.weight": "audio_encoder.passt.patch_embed.proj.weight",
     "audio_embedding_model.model.model.cls_token": "audio_encoder.passt.cls_token",

@@ -1,4 +1,4 @@
-"""The learning-rate schedule of spec section 8, in closed form and as the optimiser applies it; steps
+"""The learning-rate schedule of method §8, in closed form and as the optimiser applies it; steps
 and validations whose numbers are not finite; and training that learns, on data where learning is certain."""
 
 import math
