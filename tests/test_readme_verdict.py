@@ -1,0 +1,70 @@
+"""The README's verdict is the reported run's: rendered from the committed pipeline.json, word for word."""
+
+import copy
+import importlib.util
+import json
+
+import pytest
+
+from salsa_lib import paths
+
+
+def _load(name: str):  # benchmarks/ is a folder of scripts, not a package
+    spec = importlib.util.spec_from_file_location(name, paths.REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_pipeline, readme_verdict = _load("bench_pipeline"), _load("readme_verdict")
+
+PIPELINE = paths.REPO_ROOT / "results" / "benchmarks" / "pipeline.json"
+
+
+def _run() -> dict:
+    return json.loads(PIPELINE.read_text())
+
+
+def test_the_readme_verdict_is_rendered_from_the_committed_run():
+    readme = (paths.REPO_ROOT / "README.md").read_text()
+    assert readme.count(readme_verdict.START) == 1 and readme.count(readme_verdict.END) == 1
+    assert readme_verdict.replace_block(readme, readme_verdict.render(_run())) == readme, \
+        "README.md's verdict differs from results/benchmarks/pipeline.json: run benchmarks/readme_verdict.py"
+    assert readme_verdict.main(["--check"]) == 0
+
+
+def test_the_rendering_quotes_the_runs_numbers_words_and_machine():
+    run = _run()
+    block = readme_verdict.render(run)
+    assert run["verdict_words"].strip() in block
+    assert run["commit"][:7] in block and run["machine"] in block
+    assert all(p in block for p in run["precision"])
+    stage1 = next(r for r in run["verdict"] if r["system"] == "i = j (stage 1)" and r["weights"] == "best")
+    assert f"{100 * stage1['mAP@10 mean']:.2f} ± {100 * stage1['mAP@10 std']:.2f}" in block
+    changed = copy.deepcopy(run)
+    row = next(r for r in changed["verdict"] if r["system"] == "i = j (stage 1)" and r["weights"] == "best")
+    row["mAP@10 mean"] = 0.987654
+    assert "98.77" in readme_verdict.render(changed) and "98.77" not in block
+
+
+def test_paired_differences_show_sign_spread_and_students_ahead():
+    row = {"mAP@10 Δ control mean": -0.0181, "mAP@10 Δ control std": 0.0411, "mAP@10 Δ control wins": "1/3"}
+    assert readme_verdict._paired(row, "mAP@10", "control") == "−1.81 ± 4.11 (1/3)"
+    assert readme_verdict._paired({}, "mAP@10", "control") == ""
+    assert readme_verdict._paired({"mAP@10 Δ stage 1 mean": float("nan")}, "mAP@10", "stage 1") == ""
+
+
+def test_a_run_without_a_verdict_is_refused_and_a_readme_without_the_block_too():
+    run = {**_run(), "verdict": None}
+    with pytest.raises(ValueError, match="no verdict"):
+        readme_verdict.render(run)
+    with pytest.raises(ValueError, match="no verdict block"):
+        readme_verdict.replace_block("# README\nno block here\n", "x")
+
+
+def test_cpu_description_names_the_model_and_the_vector_extensions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
+    assert bench_pipeline.cpu_description(cpuinfo) == "AMD EPYC 7B13 (avx2)"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t: avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert bench_pipeline.cpu_description(cpuinfo) == "Some CPU (avx2, avx512f, avx512_bf16, amx_bf16)"
