@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from salsa_lib.errors import ConfigError
 
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
-# the rate every model consumes (spec 2.2): PaSST's mel front end and pretrained weights are built for it
+# the rate every model consumes (method §2.2): PaSST's mel front end and pretrained weights are built for it
 MODEL_SAMPLE_RATE = 32000
 
 
@@ -113,7 +113,7 @@ class DataConfig(StageConfig):
     n_test_clips: int = 100
     clip_seconds: float = 5.0  # synthetic only: clip duration
     source_sample_rate: int = 44100  # synthetic only: written like Clotho so resampling is exercised
-    sample_rate: int = MODEL_SAMPLE_RATE  # every model consumes 32 kHz mono (spec 2.2)
+    sample_rate: int = MODEL_SAMPLE_RATE  # every model consumes 32 kHz mono (method §2.2)
     skip_bad_clips: bool = False  # True: leave unreadable clips out and write a report instead of failing
     download: bool = True  # clotho only: fetch missing files (False: only use what is on disk)
     n_examples: int = 3  # clips shown with players and spectrograms
@@ -147,7 +147,7 @@ def _check_accelerator(value: str) -> None:
 
 @dataclass(frozen=True)
 class TrainingConfig(StageConfig):
-    """The training recipe shared by stages 1 and 2 (spec 8): declared here once, inherited by both.
+    """The training recipe shared by stages 1 and 2 (method §8): declared here once, inherited by both.
 
     The fields stay flat (papermill parameters); on the command line ``-p stage1.epochs 5`` sets one
     stage, and only the machine and run fields (``EVERY_STAGE_FIELDS``) may be given unqualified.
@@ -201,12 +201,12 @@ EVERY_STAGE_FIELDS = frozenset({"precision", "accelerator", "devices", "strategy
 
 @dataclass(frozen=True)
 class Stage1Config(TrainingConfig):
-    """Notebook 01: train K dual encoders with the contrastive loss (spec sections 3-6, 8)."""
+    """Notebook 01: train K dual encoders with the contrastive loss (method §3–6, §8)."""
 
     members: int = 3  # ensemble members; member k trains with seed + k
     seed: int = 409194  # the README's stage-1 seed
     audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper)
-    pretrained_audio: bool = False  # paper: AudioSet weights through hear21passt (network once)
+    pretrained_audio: bool = False  # True: the paper's AudioSet weights via hear21passt (network once); False: random init, pretrained here when pretrain_clips > 0
     passt_width: int = 192  # passt_small only: embedding width, layers, heads
     passt_depth: int = 2
     passt_heads: int = 3
@@ -215,11 +215,11 @@ class Stage1Config(TrainingConfig):
     pretrain_lr: float = 3e-4  # AdamW for the encoder (the new tagging head: 30 times more), warm-up epoch, cosine to 0
     text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
     text_trainable_layers: int = 2  # top layers that train (-1: all, the paper); tiny: 2 of 6 to fit the CPU budget
-    text_max_length: int = 32  # tokens (spec 4)
-    text_dropout: float = 0.2  # hidden and attention dropout (spec 4)
+    text_max_length: int = 32  # tokens (method §4)
+    text_dropout: float = 0.2  # hidden and attention dropout (method §4)
     text_step_cache: bool = True  # training: the frozen text layers' outputs computed once, without their dropout
-    embed_dim: int = 1024  # shared space (spec 5)
-    tau: float = 0.05  # fixed temperature (spec 5)
+    embed_dim: int = 1024  # shared space (method §5)
+    tau: float = 0.05  # fixed temperature (method §5)
     train_seconds: float = 5.0  # random crop / zero pad in training; paper: 30
     eval_seconds: float = 5.0  # zero pad at evaluation; paper: 30
     window_seconds: float = 5.0  # PaSST window; paper: 10 (three windows per 30 s clip)
@@ -244,14 +244,14 @@ class Stage1Config(TrainingConfig):
 
 @dataclass(frozen=True)
 class CorrespondenceConfig(StageConfig):
-    """Notebook 02: embed the training split with every stage-1 member, estimate correspondences (spec 7.1-7.2)."""
+    """Notebook 02: embed the training split with every stage-1 member, estimate correspondences (method §7.1–7.2)."""
 
     profile: str = "tiny"
     embed_batch_size: int = 32  # clips or captions per forward pass while embedding (no training batch)
     accelerator: str = "auto"  # as in training: auto (a GPU when there is one), cpu or gpu
     block_size: int = 2048  # captions per block of the full-split estimate (bounds memory)
     n_example_queries: int = 3  # captions whose estimated correspondences are plotted
-    top_k: int = 50  # clips shown per example query (the paper's figure shows 50)
+    top_k: int = 50  # clips shown per example query, ranked by the estimate
 
     def validate(self) -> None:
         for name in ("embed_batch_size", "block_size", "n_example_queries", "top_k"):
@@ -262,7 +262,7 @@ class CorrespondenceConfig(StageConfig):
 
 @dataclass(frozen=True)
 class Stage2Config(TrainingConfig):
-    """Notebook 03: distil the estimated correspondences into a stage-1 model (spec 7.3, 8)."""
+    """Notebook 03: distil the estimated correspondences into a stage-1 model (method §7.3, §8)."""
 
     teachers: str = "ensemble,control,truth"  # comma list of ensemble, self, truth (known correspondences), control (L_sup only)
     students: int = 3  # student k starts from stage-1 member k with seed + k: paired seeds across teachers
@@ -294,7 +294,7 @@ TEACHER_KINDS = ("ensemble", "self", "truth", "control")
 
 @dataclass(frozen=True)
 class EvaluationConfig(StageConfig):
-    """Notebook 04: evaluate every trained model on the test split (spec 9, 10)."""
+    """Notebook 04: evaluate every trained model on the test split (method §9, §10)."""
 
     profile: str = "tiny"
     split: str = "test"  # test (ClothoV2 evaluation) or val
@@ -319,7 +319,7 @@ class DemoConfig(StageConfig):
     """Notebook 05: type a query, listen to the top results (headless: runs example queries)."""
 
     profile: str = "tiny"
-    model: str = ""  # a name from the model menu; empty: the first (stage 2 when trained)
+    model: str = ""  # a name from the model menu; empty: the SALSA student with the best validation mAP@10
     audio_dir: str = ""  # an extra folder of sounds to search besides the test split
     top_k: int = 5  # results per query
     queries: str = ""  # example queries separated by semicolons; empty: captions of test clips

@@ -27,8 +27,12 @@ def write_text(text: str, profile: str, name: str) -> Path:
     return path
 
 
-def save_figure(fig, profile: str, name: str) -> Path:
-    path = paths.results_dir(profile) / "figures" / f"{name}.png"
-    with atomic_path(path, suffix=".png") as tmp:
+def figure_path(profile: str, name: str) -> Path:
+    return paths.results_dir(profile) / "figures" / f"{name}.png"
+
+
+def save_figure(fig, profile: str, name: str) -> None:
+    """Write ``fig`` to ``figure_path(profile, name)``. Returns nothing: a notebook cell that ends with
+    it shows the figure and no echoed path."""
+    with atomic_path(figure_path(profile, name), suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    return path
