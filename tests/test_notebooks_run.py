@@ -3,6 +3,7 @@
 import json
 import re
 
+import matplotlib.image
 import nbformat
 
 import pandas as pd
@@ -13,6 +14,10 @@ from salsa_lib.profiles import MINIATURE_OVERRIDES as MINIATURE, NOTEBOOK_STAGES
 
 pytestmark = pytest.mark.slow
 
+# every figure a default run saves (results/<profile>/figures/<name>.png)
+FIGURES = ("00_durations_and_caption_lengths", "00_true_matches_per_caption", "01_learning_rate_schedule",
+           "01_pretraining_curve", "01_stage1_curves", "02_batch_targets", "02_estimate_quality",
+           "02_example_correspondences", "03_stage2_curves", "04_stage1_vs_stage2", "04_rank_histogram", "04_verdict")
 
 
 def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys):
@@ -66,11 +71,16 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert (results / "tables" / "04_example_queries.csv").exists()
     demo_queries = pd.read_csv(results / "tables" / "05_example_queries.csv")
     assert len(demo_queries) == 3 * 4 and set(demo_queries["rank"]) == {1, 2, 3, 4}  # 3 queries, top 5 of 4 clips
-    for figure in ("00_durations_and_caption_lengths", "00_true_matches_per_caption",
-                   "01_learning_rate_schedule", "01_stage1_curves", "02_batch_targets",
-                   "02_estimate_quality", "02_example_correspondences", "03_stage2_curves",
-                   "04_stage1_vs_stage2", "04_rank_histogram", "04_verdict"):
-        assert (results / "figures" / f"{figure}.png").stat().st_size > 1000
+    assert sorted(p.stem for p in (results / "figures").glob("*.png")) == sorted(FIGURES)
+    for figure in FIGURES:  # each one opens as an image of a readable size, not an empty canvas
+        image = matplotlib.image.imread(results / "figures" / f"{figure}.png")
+        assert image.shape[0] >= 200 and image.shape[1] >= 300, (figure, image.shape)
+        assert image[..., :3].std() > 0.05, f"{figure}: the image is (nearly) blank"
+    for notebook in sorted((results / "notebooks").glob("*.ipynb")):  # quiet: no echoed return values
+        assert "PosixPath(" not in _output_text(notebook), notebook.name
+    demo = _output_text(results / "notebooks" / "05_query_demo.ipynb")
+    assert "model: stage 2: ensemble_from_member0" in demo and "SALSA: distilled" in demo  # the SALSA student
+    assert demo.count("<audio controls") == 3 * 4 and demo.count("<img") >= 3 * 4  # players kept when executed
 
     assert runner.main(argv) == 0  # everything current: nothing reruns
     assert capsys.readouterr().out.count("up to date, skipped") == len(NOTEBOOK_STAGES)
@@ -92,6 +102,19 @@ def stderr_outputs(path) -> list[str]:
     texts = [output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
              if output.get("name") == "stderr"]
     return [text for text in texts if not re.fullmatch(r"(\s*[^\n]*\|[^\n]*\| *\d+/\d+[^\n]*\s*)+", text)]
+
+
+def _output_text(path) -> str:
+    """Everything a notebook's cells output: streams, plain text and HTML."""
+    notebook = nbformat.read(path, as_version=4)
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", ""))
+            for kind in ("text/plain", "text/html"):
+                value = output.get("data", {}).get(kind, "")
+                texts.append("".join(value) if isinstance(value, list) else value)
+    return "\n".join(texts)
 
 
 def _tables(results) -> dict[str, pd.DataFrame]:
