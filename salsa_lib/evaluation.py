@@ -1,4 +1,4 @@
-"""Evaluation on the ClothoV2 protocol (spec section 9) and the tables and figures of notebook 04.
+"""Evaluation on the ClothoV2 protocol (method §9) and the tables and figures of notebook 04.
 
 Every caption of the split queries all its clips; its own clip is the one relevant item (mAP@10,
 R@1/5/10). We add audio-to-text R@k and, on the synthetic benchmark, mAP@10 counting every truly
@@ -14,11 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from salsa_lib import data_sources, metrics, paths, runs
+from salsa_lib import data_sources, metrics, paths, runs, verdict
 from salsa_lib.checkpoints import load_member, saved_step
 from salsa_lib.config import DataConfig
 from salsa_lib.embedding import embed_split
@@ -83,16 +84,30 @@ def mean_and_std(table: pd.DataFrame, by: list[str], columns=METRICS) -> pd.Data
 
 
 def top_k_examples(evaluation: Evaluation, split: ClothoSplit, queries, k: int = 5, truth=None) -> pd.DataFrame:
-    """For each query caption, its top-k clips with ✓ (its own clip) / ✗, and truly-matching flags."""
+    """For each query caption, its top-k clips. ``own clip``: ✓ for the clip the caption was written
+    for (the protocol's one correct answer), ✗ for any other; ``truly matches`` (with ``truth``): ✓
+    for every clip the caption truly describes, its own clip included, ✗ otherwise."""
     rows = []
     for q in queries:
-        for rank, clip in enumerate(np.argsort(-evaluation.similarity[q])[:k], start=1):
+        for rank, clip in enumerate(np.argsort(-evaluation.similarity[q], kind="stable")[:k], start=1):
             row = {"query": split.caption(int(q)), "rank": rank, "file_name": split.file_names[clip],
-                   "score": float(evaluation.similarity[q, clip]), "associated": "✓" if clip == q // CAPTIONS_PER_CLIP else "✗"}
+                   "score": round(float(evaluation.similarity[q, clip]), 4),
+                   "own clip": "✓" if clip == q // CAPTIONS_PER_CLIP else "✗"}
             if truth is not None:
-                row["truly matches"] = "yes" if truth[clip, q] else "no"
+                row["truly matches"] = "✓" if truth[clip, q] else "✗"
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def examples_in_words(examples: pd.DataFrame) -> str:
+    """What the example table shows, counted: own clips, and other clips that truly match."""
+    n, own = len(examples), int((examples["own clip"] == "✓").sum())
+    text = f"{own} of the {n} results shown are the caption's own clip"
+    if "truly matches" in examples:
+        other = int(((examples["truly matches"] == "✓") & (examples["own clip"] == "✗")).sum())
+        text += (f"; {other} other {'clip truly matches its' if other == 1 else 'clips truly match their'} "
+                 f"caption, yet the protocol counts {'it as a mistake' if other == 1 else 'them as mistakes'}")
+    return text + "."
 
 
 def evaluation_key(row) -> str:
@@ -104,7 +119,11 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
                      truth=None, released=None, queries: list[str] | None = None
                      ) -> tuple[pd.DataFrame, dict[str, Evaluation]]:
     """Evaluate every trained model, best and last weights (and the released checkpoint, if given),
-    and write metrics.csv; ``queries`` are free-text queries scored with every model as well."""
+    and write metrics.csv; ``queries`` are free-text queries scored with every model as well.
+
+    A run whose best epoch was its last has one set of weights under two names: it is evaluated
+    once, and its ``last`` row says ``same_weights_as_best``.
+    """
     rows, evaluations, by_weights = [], {}, {}
     models = runs.trained_models(profile, tuple(runs.WEIGHTS))
     if released is not None:
@@ -114,7 +133,8 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
     for entry in models:
         # best and last weights of a run that was best in its last epoch are one and the same
         same = (entry["model"], saved_step(entry["checkpoint"])) if entry["weights"] in runs.WEIGHTS else None
-        if same in by_weights:
+        reused = same in by_weights
+        if reused:
             evaluation = by_weights[same]
         else:
             model, config = entry.pop("loaded", None) or load_member(entry["checkpoint"])
@@ -126,10 +146,152 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
         rows.append({**entry, "checkpoint": _relative(entry["checkpoint"], paths.project_root()),
                      "checkpoint_sha256": file_digest(entry["checkpoint"])[:16],
                      "selected_by": runs.WEIGHTS.get(entry["weights"], "the authors' release"),
+                     # the last epoch was the best one: this row repeats the best row, it is no second result
+                     "same_weights_as_best": reused and entry["weights"] != "best",
                      "split": split_name, "clips": split.n_clips, **evaluation.metrics})
     table = pd.DataFrame(rows)
     atomic_write_csv(paths.results_dir(profile) / "metrics.csv", table)
     return table, evaluations
+
+
+def model_kinds(table: pd.DataFrame, stage2_dir: Path) -> pd.Series:
+    """The kind of each row's model, as the verdict names them: ``i = j (stage 1)`` for the members,
+    the teacher kind of a stage-2 run (its ``run.json``; loss weights added when not the recipe's),
+    ``released`` for the authors' checkpoint."""
+    def kind(row) -> str:
+        stage = str(row["stage"])
+        if stage == "1":
+            return verdict.STAGE1
+        if stage != "2":
+            return stage
+        run = json.loads((Path(stage2_dir) / row["model"] / runs.RECORD).read_text())["run"]
+        weights = (run["sup_weight"], run["distill_weight"])
+        if run["teachers"] != "control" and weights != (0.0, 1.0):
+            return f"{run['teachers']} (sup {weights[0]:g}, dist {weights[1]:g})"
+        return run["teachers"]
+
+    return table.apply(kind, axis=1).rename("kind")
+
+
+def compact_view(table: pd.DataFrame, columns=METRICS) -> pd.DataFrame:
+    """metrics.csv as a reader needs it: model, weights and the text-to-audio metrics in percent;
+    a last-epoch row that repeats the best weights says so instead of reading as a second result."""
+    view = table[["model", "weights"]].copy()
+    for column in columns:
+        view[f"{column} (%)"] = (100 * table[column]).round(2)
+    same = table.get("same_weights_as_best", pd.Series(False, index=table.index)).fillna(False).astype(bool)
+    view["note"] = np.where(same, "same weights as best", "")
+    return view
+
+
+def results_by_kind(table: pd.DataFrame, kinds: pd.Series, columns=METRICS) -> pd.DataFrame:
+    """``mean_and_std`` per kind of model and weights, in the verdict's order of kinds."""
+    out = mean_and_std(table.assign(kind=kinds), by=["kind", "weights"], columns=columns)
+    order = {kind: i for i, kind in enumerate(verdict.kind_order(kinds))}
+    weights = {w: i for i, w in enumerate([*runs.WEIGHTS, "released"])}
+    return (out.assign(_k=out.kind.map(order), _w=out.weights.map(weights).fillna(len(weights)))
+            .sort_values(["_k", "_w"]).drop(columns=["_k", "_w"]).reset_index(drop=True))
+
+
+def _spread(n: int, width: float = 0.5) -> np.ndarray:
+    """x offsets for n points side by side within ``width`` (a deterministic strip, no jitter)."""
+    return np.zeros(1) if n == 1 else np.linspace(-width / 2, width / 2, n)
+
+
+def plot_by_kind(table: pd.DataFrame, kinds: pd.Series, split_name: str, weights: str = "best", columns=METRICS):
+    """One panel per metric: a bar per kind of model (mean over its models, percent), a dot per model.
+
+    ``weights`` picks the rows (best-validation by default); the released checkpoint joins as its own kind.
+    """
+    chosen = table.assign(kind=kinds)[(table.weights == weights) | (table.weights == "released")]
+    order = verdict.kind_order(chosen.kind)
+    colors = verdict.kind_colors(order)
+    counts = chosen.kind.value_counts()
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 3.4))
+    for ax, column in zip(np.atleast_1d(axes), columns):
+        top = 0.0
+        for x, kind in enumerate(order):
+            values = 100 * chosen.loc[chosen.kind == kind, column].to_numpy()
+            mean = values.mean()
+            ax.bar(x, mean, 0.7, color=colors[kind], alpha=0.55)
+            ax.scatter(x + _spread(len(values), 0.4), values, s=16, color="black", zorder=3)
+            ax.text(x, max(mean, values.max()) * 1.02 + 0.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+            top = max(top, values.max())
+        ax.set(title=column, ylabel="percent" if column == columns[0] else None, ylim=(0, top * 1.15 + 2),
+               xticks=[], xlim=(-0.6, len(order) - 0.4))
+        ax.grid(axis="x", visible=False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[kind], alpha=0.55, label=f"{kind}: {counts[kind]} "
+                             f"{'model' if counts[kind] == 1 else 'models'}") for kind in order]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    name = {"best": "best-validation", "last": "last-epoch"}.get(weights, weights)
+    fig.suptitle(f"Text-to-audio retrieval, {split_name} split, {name} weights: "
+                 f"bar = mean of a kind's models (value on top), dot = one model")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def rank_curves(evaluations: dict[str, Evaluation], table: pd.DataFrame, kinds: pd.Series,
+                weights: str = "best", max_rank: int = 20) -> pd.DataFrame:
+    """Per model of ``weights`` (and the released checkpoint) and rank r = 1..max_rank: the fraction
+    of queries whose own clip ranks at r or better (R@r). Columns kind, model, rank, fraction."""
+    rows = []
+    for (_, row), kind in zip(table.iterrows(), kinds):
+        if row["weights"] not in (weights, "released"):
+            continue
+        ranks = evaluations[evaluation_key(row)].ranks
+        rows += [{"kind": kind, "model": row["model"], "rank": r, "fraction": float((ranks <= r).mean())}
+                 for r in range(1, max_rank + 1)]
+    return pd.DataFrame(rows, columns=["kind", "model", "rank", "fraction"])
+
+
+def plot_rank_curves(curves: pd.DataFrame, n_clips: int, split_name: str, weights: str = "best"):
+    """One line per kind: the mean over its models of the fraction of queries whose own clip ranks
+    within r, r = 1..20; chance (r / clips) dashed."""
+    order = verdict.kind_order(curves.kind)
+    colors = verdict.kind_colors(order)
+    markers = dict(zip(order, "osD^vP*X"))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    mean = curves.groupby(["kind", "rank"], sort=False)["fraction"].mean()
+    counts = curves.groupby("kind")["model"].nunique()
+    for kind in order:
+        line = mean.loc[kind]
+        ax.plot(line.index, 100 * line.to_numpy(), marker=markers.get(kind, "o"), markersize=4, lw=1.6,
+                color=colors[kind], label=f"{kind}, {counts[kind]} {'model' if counts[kind] == 1 else 'models'}")
+    ranks = np.sort(curves["rank"].unique())
+    ax.plot(ranks, 100 * np.minimum(ranks / n_clips, 1), ls="--", color="0.5", lw=1, label=f"chance ({n_clips} clips)")
+    name = {"best": "best-validation", "last": "last-epoch"}.get(weights, weights)
+    ax.set(xlabel="rank r", ylabel="queries with their own clip within rank r (%)", xlim=(0.5, ranks.max() + 0.5),
+           ylim=(0, 100), xticks=[1, *range(5, int(ranks.max()) + 1, 5)],
+           title=f"Where the own clip lands: {split_name} split, {name} weights, mean per kind")
+    ax.legend(loc="best", fontsize=8)  # inside, where the lines leave room
+    fig.tight_layout()
+    return fig
+
+
+def example_model(profile: str, table: pd.DataFrame) -> dict:
+    """The model whose top results notebook 04 shows, chosen on the VALIDATION split (never the test
+    split it is shown on): the SALSA student (stage 2 taught by the ensemble or by itself) of the
+    latest grid with the highest validation mAP@10 of its best weights; without one, the stage-1
+    member with the highest. Returns model, kind, the validation mAP@10 and how it was chosen."""
+    candidates = []
+    stage2 = runs.stage2_dir(profile)
+    scored = set(table.model[table.stage.astype(str) == "2"])
+    grid = runs.stage2_grid(stage2) if (stage2 / runs.GRID_LISTING).exists() else {}
+    for model, (kind, _) in grid.items():
+        if kind in ("ensemble", "self") and model in scored:
+            record = json.loads((stage2 / model / runs.RECORD).read_text())
+            candidates.append({"model": model, "kind": kind, "val mAP@10": record["val"]["mAP@10"],
+                               "chosen as": "the SALSA student (ensemble or self teachers) with the highest "
+                                            "validation mAP@10"})
+    if not candidates:
+        for model in table.model[table.stage.astype(str) == "1"].unique():
+            record = json.loads((runs.stage1_dir(profile) / model / runs.RECORD).read_text())
+            candidates.append({"model": model, "kind": verdict.STAGE1, "val mAP@10": record["val"]["mAP@10"],
+                               "chosen as": "no SALSA student in this run: the stage-1 member with the highest "
+                                            "validation mAP@10"})
+    if not candidates:
+        raise ValueError(f"no trained model of profile {profile!r} to show")
+    return max(candidates, key=lambda c: c["val mAP@10"])  # the first of equals: grid order
 
 
 def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +320,7 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def paper_reference() -> pd.DataFrame:
-    """The paper's README numbers (spec 10.1), with their source, in percent."""
+    """The paper's README numbers (method §10.1), with their source, in percent."""
     return pd.read_csv(Path(__file__).parent / "reference" / "paper_results.csv")
 
 

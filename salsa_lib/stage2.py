@@ -1,4 +1,4 @@
-"""Stage 2: initialise from a stage-1 member and distil the estimated correspondences (spec 7.3).
+"""Stage 2: initialise from a stage-1 member and distil the estimated correspondences (method §7.3).
 
 The student sees, for every batch, the teachers' in-batch ensemble logits C_bar / tau as soft targets
 (normalised within the batch in both directions). Teachers come from stored embeddings, so no
@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from salsa_lib import correspondences, data_sources, parallel_runs, precision, reports, runs
+from salsa_lib import correspondences, data_sources, parallel_runs, precision, reports, runs, verdict
 from salsa_lib.checkpoints import load_member, saved_hparams
 from salsa_lib.config import DataConfig, Stage1Config, Stage2Config, TrainingConfig
 from salsa_lib.errors import ConfigError, DataError
@@ -52,7 +53,7 @@ class DistillationModule(RetrievalModule):
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         loss = self.distill_weight * distillation_loss(logits, self.teacher_logits(batch))
-        if self.sup_weight:  # applied once (the original squared it, spec 12 item 1)
+        if self.sup_weight:  # applied once (the original squared it, method §12 item 1)
             loss = loss + self.sup_weight * contrastive_loss(logits, batch["audio_idx"])
         return loss
 
@@ -176,14 +177,34 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
 
 
 def comparison_table(config: Stage2Config) -> pd.DataFrame:
-    """Validation metrics of the stage-1 members and of every stage-2 run of the profile, side by side."""
+    """Validation metrics of the stage-1 members and of every stage-2 run of the profile, side by side.
+
+    ``kind`` names what taught each model (``i = j (stage 1)`` for the members, else the teacher kind
+    from the run record); ``in_grid`` is False for a stage-2 folder left from an earlier grid.
+    """
+    grid = runs.stage2_grid(runs.stage2_dir(config.profile)) \
+        if (runs.stage2_dir(config.profile) / runs.GRID_LISTING).exists() else {}
     rows = []
     for entry in runs.trained_models(config.profile):
         record = json.loads((Path(entry["checkpoint"]).parent.parent / runs.RECORD).read_text())
-        rows.append({**{k: v for k, v in entry.items() if k != "checkpoint"}, "checkpoint": "best", **record["val"]})
+        first = entry["stage"] == 1
+        rows.append({**{k: v for k, v in entry.items() if k != "checkpoint"}, "checkpoint": "best",
+                     "kind": verdict.STAGE1 if first else record["run"]["teachers"],
+                     "in_grid": first or entry["model"] in grid, "best_epoch": record["best_epoch"], **record["val"]})
     table = pd.DataFrame(rows)
     reports.write_table(table, config.profile, "stage2_vs_stage1_validation")
     return table
+
+
+def validation_by_kind(table: pd.DataFrame, columns=("mAP@10", "R@1", "R@5", "R@10")) -> pd.DataFrame:
+    """``comparison_table`` per kind (the latest grid only): "mean ± sample std (ddof 1)" over its
+    models, in percent (n/a for one model), and how many models; the kinds in the verdict's order."""
+    chosen = table[table.in_grid] if "in_grid" in table else table
+    grouped = chosen.groupby("kind")[list(columns)]
+    mean, std = grouped.mean().mul(100), grouped.std(ddof=1).mul(100)
+    out = pd.DataFrame({f"val {c} (%)": [f"{m:.2f} ± {'n/a' if pd.isna(d) else f'{d:.2f}'}"
+                                         for m, d in zip(mean[c], std[c])] for c in columns}, index=mean.index)
+    return out.assign(models=grouped.size()).reindex(verdict.kind_order(out.index))
 
 
 def recipe_table(profile: str, records: list[dict]) -> pd.DataFrame:
@@ -211,10 +232,42 @@ def recipe_table(profile: str, records: list[dict]) -> pd.DataFrame:
 def learning_curves(profile: str, records: list[dict]) -> pd.DataFrame:
     """Validation curves per epoch: the stage-1 members, then each stage-2 run continuing after them.
 
-    Columns of the training logs plus ``kind`` (stage 1 or the teacher kind) and ``model`` (folder).
+    Columns of the training logs plus ``kind`` (``i = j (stage 1)`` or the teacher kind) and
+    ``model`` (folder); a student's epochs are numbered on from the members' last epoch.
     """
-    members = [epoch_metrics(folder).assign(kind="stage 1", model=folder.name) for folder in runs.member_folders(profile)]
+    members = [epoch_metrics(folder).assign(kind=verdict.STAGE1, model=folder.name)
+               for folder in runs.member_folders(profile)]
     offset = max(int(curve["epoch"].max()) for curve in members) + 1  # stage 2 continues from the last epoch
     students = [epoch_metrics(runs.stage2_dir(profile) / r["folder"]).assign(
         kind=r["run"]["teachers"], model=r["folder"], epoch=lambda d: d.epoch + offset) for r in records]
     return pd.concat(members + students, ignore_index=True)
+
+
+def plot_learning_curves(curves: pd.DataFrame, metric: str = "val/mAP@10"):
+    """One line per model, one colour per kind (legend outside the axes), stage 2 after a dotted line.
+
+    A student starts from its member's best checkpoint, not from the member's last epoch drawn left
+    of the line, so the two are not joined.
+    """
+    order = verdict.kind_order(curves.kind)
+    colors = verdict.kind_colors(order)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for model, curve in curves.groupby("model", sort=False):
+        curve = curve.dropna(subset=[metric]).sort_values("epoch")
+        ax.plot(curve.epoch, 100 * curve[metric], marker="o", markersize=3, lw=1.2, alpha=0.85,
+                color=colors[curve.kind.iloc[0]])
+    start = curves.loc[curves.kind != verdict.STAGE1, "epoch"].min()
+    if not pd.isna(start):
+        ax.axvline(start - 0.5, color="0.3", ls=":", lw=1)
+        ax.text(start - 0.4, 0.02, "stage 2 →", transform=ax.get_xaxis_transform(), fontsize=8, color="0.3")
+    counts = curves.groupby("kind")["model"].nunique()
+    handles = [plt.Line2D([], [], color=colors[kind], marker="o", markersize=3, label=f"{kind}: {counts[kind]} model{'' if counts[kind] == 1 else 's'}")
+               for kind in order]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="kind",
+              title_fontsize=8, frameon=False)
+    ax.set(xlabel="epoch (stage 2 numbered on after stage 1)", ylabel=f"validation {metric.removeprefix('val/')} (%)",
+           title=f"Validation {metric.removeprefix('val/')} per epoch: stage-1 members, then the students "
+                 f"(each from its member's best checkpoint)")
+    ax.title.set_fontsize(10)
+    fig.tight_layout()
+    return fig

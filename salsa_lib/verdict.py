@@ -20,6 +20,13 @@ from salsa_lib import metrics, runs
 METRICS = ("mAP@10", "multi mAP@10")
 # row order of the verdict table: floor, stage 1, control, the teachers, ceiling
 ROWS = ("chance", "i = j (stage 1)", "control", "self", "ensemble", "truth", "oracle ranking")
+STAGE1 = ROWS[1]  # the stage-1 members: the kind trained on the i = j labels
+# one colour per kind of model, the same in every figure of notebooks 03 and 04
+KIND_COLORS = {STAGE1: "#7f7f7f", "control": "#e08214", "self": "#8073ac", "ensemble": "#2166ac",
+               "truth": "#1b9e77", "released": "#b2182b"}
+KIND_ORDER = (STAGE1, "control", "self", "ensemble", "truth")
+WEIGHT_MARKERS = {"best": "o", "last": "s"}
+WEIGHTS_LABELS = {"best": "best-validation weights", "last": "last-epoch weights"}
 
 
 def oracle_map_at_k(truth, k: int = 10) -> float:
@@ -137,39 +144,168 @@ def verdict_from_files(results: Path, truth) -> pd.DataFrame:
     return paired_table(seeds, chance, oracle, quality)
 
 
-def plot_verdict(table: pd.DataFrame):
-    """Left: each system's test mAP@10 by weights (mean ± std over seeds), chance as a line.
-    Right: each stage-2 kind minus its control, student by student, on average (bars ± std)."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    systems = table[~table.system.isin(["chance", "oracle ranking"])]
-    names = list(dict.fromkeys(systems.system))
-    kinds = [w for w in runs.WEIGHTS if w in set(systems.weights)]
-    width = 0.8 / max(1, len(kinds))
-    colors = {"best": "tab:blue", "last": "tab:orange"}
-    for k, weights in enumerate(kinds):
-        rows = systems[systems.weights == weights].set_index("system").reindex(names)
-        x = np.arange(len(names)) + (k - (len(kinds) - 1) / 2) * width
-        axes[0].bar(x, 100 * rows["mAP@10 mean"], width, yerr=100 * rows["mAP@10 std"], capsize=3,
-                    color=colors.get(weights), label=f"{weights} weights")
-        if "mAP@10 Δ control mean" in rows:
-            axes[1].bar(x, 100 * rows["mAP@10 Δ control mean"], width, yerr=100 * rows["mAP@10 Δ control std"],
-                        capsize=3, color=colors.get(weights), label=f"{weights} weights")
-    chance = table.loc[table.system == "chance", "mAP@10 mean"]
-    if len(chance):
-        axes[0].axhline(100 * float(chance.iloc[0]), ls=":", color="gray", label="chance")
-    top = float(100 * (systems["mAP@10 mean"] + systems["mAP@10 std"].fillna(0)).max())
-    oracle = table.loc[table.system == "oracle ranking", "mAP@10 mean"]
-    ceiling = f"; oracle ranking {100 * float(oracle.iloc[0]):.1f}" if len(oracle) else ""
-    axes[0].set(xticks=np.arange(len(names)), xticklabels=names, ylabel="test mAP@10 (%)", ylim=(0, top * 1.15),
-                title=f"test mAP@10, mean ± std over seeds{ceiling}")
-    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes[1].axhline(0, color="black", lw=0.8)
-    axes[1].set(xticks=np.arange(len(names)), xticklabels=names, ylabel="Δ mAP@10 to the control (points)",
-                title="minus the control (same member and seed)")
-    axes[1].tick_params(axis="x", rotation=20)
-    axes[0].tick_params(axis="x", rotation=20)
-    fig.tight_layout()
+def per_seed_from_files(results: Path) -> pd.DataFrame:
+    """``per_seed`` of a profile's results folder: the seeds behind each row of ``verdict_from_files``."""
+    results = Path(results)
+    return per_seed(pd.read_csv(results / "metrics.csv"), results / "stage2")
+
+
+def paired_differences(seeds: pd.DataFrame, metric: str = "mAP@10") -> pd.DataFrame:
+    """Student by student, what ``paired_table`` averages: ``kind - reference`` for reference
+    ``stage 1`` (the initial member's best weights) and ``control`` (same member, seed and weights).
+
+    Columns kind, weights, student, reference, delta (a fraction, like the metric).
+    """
+    if "weights" not in seeds:
+        seeds = seeds.assign(weights="best")
+    initial = seeds[(seeds.kind == STAGE1) & (seeds.weights == "best")].set_index("student")[metric]
+    rows = []
+    for (kind, weights), group in seeds.groupby(["kind", "weights"], sort=False):
+        group = group.set_index("student").sort_index()[metric]
+        control = seeds[(seeds.kind == "control") & (seeds.weights == weights)].set_index("student")[metric]
+        for reference, values in (("stage 1", initial), ("control", control)):
+            if kind == STAGE1 or (reference == "control" and kind == "control"):
+                continue
+            delta = (group - values.reindex(group.index)).dropna()
+            rows += [{"kind": kind, "weights": weights, "student": int(student), "reference": reference, "delta": d}
+                     for student, d in delta.items()]
+    return pd.DataFrame(rows, columns=["kind", "weights", "student", "reference", "delta"])
+
+
+def kind_order(kinds) -> list[str]:
+    """The kinds present, in the verdict's order (stage 1, control, teachers), others after, released last."""
+    present = list(dict.fromkeys(kinds))
+    known = [k for k in KIND_ORDER if k in present]
+    rest = sorted(k for k in present if k not in KIND_ORDER and k != "released")
+    return known + rest + (["released"] if "released" in present else [])
+
+
+def kind_colors(kinds) -> dict[str, str]:
+    """A colour for every kind: the fixed ones above, then the tab10 colours for any other."""
+    spare = iter(c for c in plt.get_cmap("tab10").colors if c not in KIND_COLORS.values())
+    return {k: KIND_COLORS.get(k) or next(spare) for k in kind_order(kinds)}
+
+
+def _dot_row(ax, y: float, mean: float, std: float, points, color: str, marker: str) -> list[float]:
+    """One row of a dot plot: each seed as a hollow point, the mean as a filled marker with ± std.
+    Returns the x values drawn (for the axis limits)."""
+    ax.scatter(points, np.full(len(points), y), s=26, facecolors="none", edgecolors=color, linewidths=1.1, zorder=2)
+    ax.errorbar([mean], [y], xerr=None if pd.isna(std) else [std], fmt=marker, color=color, markersize=7,
+                capsize=3, lw=1.6, zorder=3)
+    spread = 0.0 if pd.isna(std) else std
+    return [*points, mean - spread, mean + spread]
+
+
+def _room_for_labels(ax, values, symmetric: bool = False) -> None:
+    """x limits around ``values`` with a margin, and room on the right for the row labels."""
+    values = np.asarray([v for v in values if not pd.isna(v)], dtype=float)
+    lo, hi = (values.min(), values.max()) if len(values) else (-1.0, 1.0)
+    if symmetric:
+        lo, hi = min(lo, -abs(hi) * 0.2, 0.0), max(hi, abs(lo) * 0.2, 0.0)
+    span = max(hi - lo, 1e-6)
+    ax.set_xlim(lo - 0.08 * span, hi + 0.95 * span)
+
+
+def plot_verdict(table: pd.DataFrame, seeds: pd.DataFrame, metric: str = "mAP@10"):
+    """The verdict as three dot plots that share their rows (one per system and weights).
+
+    Left: each system's test ``metric`` in percent, mean ± std (ddof 1) over seeds, every seed a
+    point; chance and the oracle ranking are named in the title, not drawn (they would squash the
+    range). Middle and right: the paired differences student by student in points, against the
+    initial stage-1 member (its best weights) and against the control (same member, seed and
+    weights), with the zero line. ``table`` is ``paired_table``'s, ``seeds`` ``per_seed``'s.
+    """
+    if "weights" not in seeds:
+        seeds = seeds.assign(weights="best")
+    systems = kind_order(s for s in table.system if s not in ("chance", "oracle ranking"))
+    weights = [w for w in runs.WEIGHTS if w in set(seeds.weights)]
+    colors = kind_colors(systems)
+    differences = paired_differences(seeds, metric)
+    rows = table.set_index(["system", "weights"])
+    offsets = {w: (k - (len(weights) - 1) / 2) * 0.34 for k, w in enumerate(weights)}
+    height = 1.8 + 0.5 * len(systems) * max(1, len(weights))
+    drawn = [[], [], []]  # x values per panel
+    fig, axes = plt.subplots(1, 3, figsize=(15, height), sharey=True, gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    for i, system in enumerate(systems):
+        for w in weights:
+            y = i + offsets[w]
+            marker, color = WEIGHT_MARKERS.get(w, "D"), colors[system]
+            values = 100 * seeds.loc[(seeds.kind == system) & (seeds.weights == w), metric]
+            if (system, w) in rows.index and len(values):
+                row = rows.loc[(system, w)]
+                mean, std = 100 * row[f"{metric} mean"], 100 * row[f"{metric} std"]
+                drawn[0] += _dot_row(axes[0], y, mean, std, values, color, marker)
+                spread = "" if pd.isna(std) else f" ± {std:.2f}"
+                axes[0].text(0.99, y, f"{mean:.2f}{spread}", transform=axes[0].get_yaxis_transform(),
+                             ha="right", va="center", fontsize=8)
+            for panel, ax, reference in ((1, axes[1], "stage 1"), (2, axes[2], "control")):
+                chosen = differences[(differences.kind == system) & (differences.weights == w)
+                                     & (differences.reference == reference)]
+                if chosen.empty:
+                    continue
+                delta = 100 * chosen.delta
+                std = delta.std(ddof=1) if len(delta) > 1 else np.nan
+                drawn[panel] += _dot_row(ax, y, delta.mean(), std, list(delta), color, marker)
+                spread = "" if pd.isna(std) else f" ± {std:.2f}"
+                ax.text(0.99, y, f"{delta.mean():+.2f}{spread} ({int((delta > 0).sum())}/{len(delta)} ahead)",
+                        transform=ax.get_yaxis_transform(), ha="right", va="center", fontsize=8)
+        for ax, reference, name in ((axes[1], "stage 1", STAGE1), (axes[2], "control", "control")):
+            if system == name:
+                ax.text(0.0, i, "the reference", ha="center", va="center", fontsize=8, color="0.35", style="italic",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5}, zorder=4)
+    _room_for_labels(axes[0], drawn[0])
+    for ax in axes[1:]:
+        _room_for_labels(ax, drawn[1] + drawn[2], symmetric=True)  # one scale for both differences
+        ax.axvline(0, color="black", lw=0.9, zorder=1)
+        ax.set_xlabel(f"Δ {metric} (percentage points)")
+    fixed = table.set_index("system")[f"{metric} mean"]
+    scale = [f"{name} {100 * fixed[name]:.1f} %" for name in ("chance", "oracle ranking") if name in fixed]
+    n = seeds[seeds.kind != STAGE1].groupby(["kind", "weights"]).size()
+    students = (f"{n.min()} paired student{'' if n.max() == 1 else 's'}" if len(n) and n.min() == n.max() else
+                f"{n.min()}–{n.max()} paired students" if len(n) else "no paired students")
+    axes[0].set(xlabel=f"test {metric} (%)", yticks=range(len(systems)), yticklabels=systems,
+                title=f"test {metric}: mean ± std, a point per seed" + (f"\n({', '.join(scale)})" if scale else ""))
+    axes[1].set_title("Δ to the initial stage-1 member\n(its best-validation weights)")
+    axes[2].set_title("Δ to the control\n(same member, seed and weights)")
+    axes[0].set_ylim(len(systems) - 0.5, -0.5)  # first system on top
+    for ax in axes:
+        ax.grid(axis="y", visible=False)
+    handles = [plt.Line2D([], [], marker=WEIGHT_MARKERS.get(w, "D"), color="0.2", ls="", markersize=7,
+                          label=f"{WEIGHTS_LABELS.get(w, w)}: mean ± std") for w in weights]
+    handles.append(plt.Line2D([], [], marker="o", mfc="none", mec="0.2", ls="", label="one seed (paired student)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"Stage 2 on the test split: {students} per kind", y=0.995)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     return fig
+
+
+def compact(table: pd.DataFrame, metric: str = "mAP@10") -> pd.DataFrame:
+    """The verdict table as the README prints it (benchmarks/readme_verdict.py): percent, mean ± std,
+    paired differences in points with the students ahead. The full table is ``tables/verdict.csv``.
+    """
+    def spread(mean, std, sign=False):
+        if mean is None or pd.isna(mean):
+            return ""
+        text = (f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}") + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
+        return text.replace("-", "−")
+
+    rows = []
+    for _, row in table.iterrows():
+        out = {"system": row["system"], "weights": row["weights"], "seeds": int(row["seeds"]) or "",
+               metric: spread(row[f"{metric} mean"], row.get(f"{metric} std"))}
+        for reference in ("stage 1", "control"):
+            # stage 1 minus the control is the control's Δ stage 1 turned round: not a result of its own
+            mean = np.nan if row["system"] == STAGE1 else row.get(f"{metric} Δ {reference} mean")
+            out[f"Δ {reference}"] = "" if mean is None or pd.isna(mean) else (
+                f"{spread(mean, row.get(f'{metric} Δ {reference} std'), sign=True)} "
+                f"({row.get(f'{metric} Δ {reference} wins')})")
+        if f"multi {metric} mean" in row:
+            out[f"multi {metric}"] = spread(row[f"multi {metric} mean"], row.get(f"multi {metric} std"))
+        if "estimate AP" in row:
+            auc, ap = row.get("estimate ROC-AUC"), row.get("estimate AP")
+            out["estimate ROC-AUC / AP"] = "" if pd.isna(ap) else f"{auc:.3g} / {ap:.3g}"
+        rows.append(out)
+    return pd.DataFrame(rows)
 
 
 def _difference(row: pd.Series, reference: str) -> str:

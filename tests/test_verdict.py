@@ -150,3 +150,56 @@ def test_verdict_in_words_says_what_the_table_holds(tmp_path):
     # last weights: every model + 0.05; the initial member is always its best weights
     assert "- control: 31.67 ± 5.03 % (n = 3); against the member it started from +6.67 ± 0.58 points" in last
     assert scale.startswith("For scale: chance ")
+
+
+def test_paired_differences_are_what_the_table_averages_and_the_figure_draws_every_seed(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30), "truth": (0.36, 0.25, 0.31)}
+    rows, kinds = _grid_rows(values, last_offset=0.05)
+    _write_results(tmp_path / "results", rows, kinds)
+    table = verdict.verdict_from_files(tmp_path / "results", TRUTH_5)
+    seeds = verdict.per_seed_from_files(tmp_path / "results")
+    differences = verdict.paired_differences(seeds)
+    # no difference of stage 1 to anything, nor of the control to itself
+    assert set(zip(differences.kind, differences.reference)) == {
+        ("control", "stage 1"), ("ensemble", "stage 1"), ("ensemble", "control"), ("truth", "stage 1"), ("truth", "control")}
+    by_row = table.set_index(["system", "weights"])
+    for (kind, weights, reference), delta in differences.groupby(["kind", "weights", "reference"]).delta:
+        assert len(delta) == 3
+        assert delta.mean() == pytest.approx(by_row.loc[(kind, weights), f"mAP@10 Δ {reference} mean"])
+        assert delta.std(ddof=1) == pytest.approx(by_row.loc[(kind, weights), f"mAP@10 Δ {reference} std"])
+    student = differences.set_index(["kind", "weights", "reference", "student"]).delta
+    assert student[("ensemble", "last", "stage 1", 1)] == pytest.approx(0.21 + 0.05 - 0.20)  # vs the member's best
+
+    fig = verdict.plot_verdict(table, seeds)
+    left, middle, right = fig.axes
+    from matplotlib.collections import PathCollection
+
+    def hollow(ax):  # the points drawn by scatter: one per seed or student
+        return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+
+    assert hollow(left) == 4 * 2 * 3  # every seed of 4 systems, both weights
+    assert hollow(middle) == 3 * 2 * 3 and hollow(right) == 2 * 2 * 3  # stage 1 and the control have no Δ to themselves
+    assert [t.get_text() for t in left.get_yticklabels()] == ["i = j (stage 1)", "control", "ensemble", "truth"]
+    lo, hi = left.get_xlim()
+    assert lo > 10 and hi < 80  # the range where the systems differ, not from 0 to the oracle's 100
+    chance = f"chance {100 * metrics.chance_map_at_k(5):.1f} %"
+    assert chance in left.get_title() and "oracle ranking 100.0 %" in left.get_title()
+    assert middle.get_xlim()[0] < 0 < middle.get_xlim()[1]  # the zero line is in view
+
+
+def test_compact_verdict_reads_like_the_readme_table(tmp_path):
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
+    rows, kinds = _grid_rows(values)
+    _write_results(tmp_path / "results", rows, kinds)
+    _quality(tmp_path / "results")
+    compact = verdict.compact(verdict.verdict_from_files(tmp_path / "results", TRUTH_5)).set_index(["system", "weights"])
+    row = compact.loc[("ensemble", "best")]
+    assert row["mAP@10"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 (3/3)"
+    assert row["Δ control"] == "+2.00 ± 2.65 (2/3)" and row["estimate ROC-AUC / AP"] == "0.95 / 0.6"
+    stage1 = compact.loc[("i = j (stage 1)", "best")]
+    assert stage1["Δ stage 1"] == "" and stage1["Δ control"] == ""  # the reference, not a result
+    assert compact.loc[("chance", ""), "seeds"] == ""
+    assert compact.loc[("control", "best"), "Δ stage 1"] == "+1.67 ± 0.58 (3/3)"
