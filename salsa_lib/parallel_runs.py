@@ -3,10 +3,11 @@
 A small model's training step does not keep two cores busy: measured on a 2-core machine, two
 processes with one thread each train 1.3 times as many steps per second as one process with two.
 Each run seeds itself and lives in its own folder, so where it ran changes nothing but float
-rounding. When fewer runs are left than workers (the last of 3 members on 2 cores), a run's
-training takes the idle workers' cores too (``share_cores``, called at every step): one run alone
-trains 1.6 times faster with two threads than with one. On a GPU, or with DDP, runs stay one after
-the other in this process.
+rounding. The runs that start when fewer are left than workers (the last of 3 members on 2 cores)
+get the cores the finished ones leave idle (``thread_plan``): one run alone trains about 1.5 times
+faster with two threads than with one. The threads of each run follow from the plan alone, never
+from timing, so the same command gives the same numbers again. On a GPU, or with DDP, runs stay one
+after the other in this process.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ import torch
 from salsa_lib import precision
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: a signal for this process when its parent dies
-
-# Set in each worker process by ``_start_worker``: the pool's count of runs in progress, and its cores
-_running: Any = None
-_pool_cores = 1
-
 
 def available_cores() -> int:
     """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
@@ -49,38 +45,29 @@ def plan_workers(config, n_runs: int, cores: int | None = None) -> tuple[int, in
     return workers, max(1, cores // workers)
 
 
-def _start_worker(threads: int, running: Any, cores: int) -> None:
-    """Each worker: its share of the cores, and killed with its parent (a killed notebook leaves no
-    orphan still writing into a run folder that a rerun resumes)."""
-    global _running, _pool_cores
-    _running, _pool_cores = running, cores
-    torch.set_num_threads(threads)
+def thread_plan(n_runs: int, workers: int, cores: int) -> list[int]:
+    """Threads for each of ``n_runs`` runs dispatched in order to ``workers`` processes on ``cores``.
+
+    The first round shares the cores; a later run starts when one finishes and gets the cores of the
+    workers that, by then, have nothing left to run (``cores // runs left``, at most ``workers`` runs).
+    The last run of 3 on 2 cores gets 2 threads. Until its neighbour finishes, the cores are briefly
+    oversubscribed: the price of threads that do not depend on timing.
+    """
+    first = max(1, cores // max(1, min(workers, n_runs)))
+    return [first if k < workers else max(1, cores // max(1, min(workers, n_runs - k))) for k in range(n_runs)]
+
+
+def _start_worker() -> None:
+    """Each worker is killed with its parent (a killed notebook leaves no orphan still writing into a
+    run folder that a rerun resumes)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def share_cores() -> None:
-    """In a worker of ``run_all``: train on the pool's cores divided by the runs in progress.
-
-    Outside a worker it does nothing. Cheap enough for every step: one read of a shared integer.
-    """
-    if _running is None:
-        return
-    threads = max(1, _pool_cores // max(1, _running.value))
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-
-
-def _counted(job: Callable[..., Any], *args: Any) -> Any:
-    """``job(*args)`` in a worker, counted among the pool's runs in progress while it runs."""
-    with _running.get_lock():
-        _running.value += 1
-    try:
-        share_cores()
-        return job(*args)
-    finally:
-        with _running.get_lock():
-            _running.value -= 1
+def _with_threads(threads: int, job: Callable[..., Any], *args: Any) -> Any:
+    """``job(*args)`` in a worker, on the number of threads the plan gave this run."""
+    torch.set_num_threads(threads)
+    return job(*args)
 
 
 def run_all(job: Callable[..., Any], arguments: Sequence[tuple], workers: int, threads: int,
@@ -98,10 +85,9 @@ def run_all(job: Callable[..., Any], arguments: Sequence[tuple], workers: int, t
                 announce(results[-1])
         return results
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    running = context.Value("i", 0)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(threads, running, workers * threads)) as pool:
-        futures = [pool.submit(_counted, job, *args) for args in arguments]
+    plan = thread_plan(len(arguments), workers, workers * threads)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        futures = [pool.submit(_with_threads, n, job, *args) for n, args in zip(plan, arguments)]
         for future in futures:
             if announce and future.exception() is None:
                 announce(future.result())

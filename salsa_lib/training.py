@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.distributed.nn.functional import all_gather
 from torch.utils.data import DataLoader, RandomSampler
 
-from salsa_lib import parallel_runs, precision
+from salsa_lib import precision
 from salsa_lib.config import Stage1Config
 from salsa_lib.errors import NonFiniteError
 from salsa_lib.losses import contrastive_loss
@@ -197,17 +197,6 @@ class _EpochAwareCrops(pl.Callback):
             generator.manual_seed(int(shuffle_seed))
 
 
-class _SharedCores(pl.Callback):
-    """In a worker of ``parallel_runs``: the threads follow the runs still in progress, so the last run
-    of a round trains on the cores its finished neighbours left idle."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        parallel_runs.share_cores()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        parallel_runs.share_cores()
-
-
 def make_loaders(config: Stage1Config, train: ClothoSplit, val: ClothoSplit):
     train_set = AudioCaptionDataset(train, config.train_seconds, train=True, seed=config.seed)
     # own generators, kept off the global torch RNG (reseeded per epoch by _EpochAwareCrops), so the
@@ -238,7 +227,7 @@ def fit(module: RetrievalModule, folder: Path, train_set, train_loader, val_load
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, strategy=config.strategy, precision=resolved,
         accumulate_grad_batches=config.accumulate_grad_batches,
-        callbacks=[checkpoint, last, _EpochAwareCrops(train_set), _SharedCores()],
+        callbacks=[checkpoint, last, _EpochAwareCrops(train_set)],
         logger=CSVLogger(folder, name="logs", version=f"attempt{attempts(folder)}"), log_every_n_steps=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
     )

@@ -1,7 +1,6 @@
 """Independent runs side by side: the worker plan, and members trained in two processes as in one."""
 
 import json
-import multiprocessing
 from types import SimpleNamespace
 
 import pytest
@@ -44,55 +43,21 @@ def test_worker_errors_reach_the_caller():
         parallel_runs.run_all(divmod, [(1, 1), (1, 0)], workers=2, threads=1)
 
 
-@pytest.fixture
-def pool_of(monkeypatch):
-    """This process as a worker of a pool with ``cores`` cores and ``running`` runs in progress."""
-    threads = torch.get_num_threads()
-
-    def make(cores: int, running: int):
-        counter = multiprocessing.get_context("spawn").Value("i", running)
-        monkeypatch.setattr(parallel_runs, "_running", counter)
-        monkeypatch.setattr(parallel_runs, "_pool_cores", cores)
-        return counter
-
-    yield make
-    torch.set_num_threads(threads)
+def test_runs_that_start_with_idle_workers_get_their_cores():
+    assert parallel_runs.thread_plan(3, workers=2, cores=2) == [1, 1, 2]  # the third member
+    assert parallel_runs.thread_plan(9, workers=2, cores=2) == [1] * 8 + [2]  # the ninth student
+    assert parallel_runs.thread_plan(2, workers=2, cores=2) == [1, 1]
+    assert parallel_runs.thread_plan(3, workers=3, cores=16) == [5, 5, 5]  # one round: shared
+    assert parallel_runs.thread_plan(5, workers=3, cores=12) == [4, 4, 4, 6, 12]
+    assert parallel_runs.thread_plan(1, workers=1, cores=2) == [2]
 
 
-def test_the_last_run_of_a_round_takes_the_idle_cores(pool_of):
-    running = pool_of(cores=2, running=2)
-    parallel_runs.share_cores()
-    assert torch.get_num_threads() == 1
-    running.value = 1  # its neighbour finished and nothing is queued
-    parallel_runs.share_cores()
-    assert torch.get_num_threads() == 2
+def _threads() -> int:
+    return torch.get_num_threads()
 
 
-def test_a_run_counts_itself_while_it_runs_and_not_after(pool_of):
-    running = pool_of(cores=4, running=1)
-    assert parallel_runs._counted(lambda: (running.value, torch.get_num_threads())) == (2, 2)
-    assert running.value == 1
-
-
-def test_share_cores_does_nothing_outside_a_pool():
-    threads = torch.get_num_threads()
-    assert parallel_runs._running is None
-    parallel_runs.share_cores()
-    assert torch.get_num_threads() == threads
-
-
-def _threads_at_barrier(barrier) -> int:
-    barrier.wait(timeout=60)  # both runs in progress at once
-    parallel_runs.share_cores()
-    threads = torch.get_num_threads()
-    barrier.wait(timeout=60)  # neither finishes before both have looked
-    return threads
-
-
-def test_two_runs_in_progress_share_two_cores_one_thread_each():
-    with multiprocessing.get_context("spawn").Manager() as manager:
-        barrier = manager.Barrier(2)
-        assert parallel_runs.run_all(_threads_at_barrier, [(barrier,), (barrier,)], workers=2, threads=1) == [1, 1]
+def test_each_run_trains_on_the_threads_the_plan_gave_it():
+    assert parallel_runs.run_all(_threads, [(), (), ()], workers=2, threads=1) == [1, 1, 2]
 
 
 @pytest.mark.slow
