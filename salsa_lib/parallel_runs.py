@@ -26,6 +26,7 @@ from salsa_lib import precision
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: a signal for this process when its parent dies
 
+
 def available_cores() -> int:
     """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
