@@ -5,4 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh" --test
 cd "$SALSA_ROOT"
 _salsa_need_space "${TMPDIR:-/tmp}" 3 "the test suite (it trains small models in temporary folders)"
+# salsa_lib's layers import one way (contracts: pyproject.toml, [tool.importlinter]); a violation
+# stops here, naming the import.
+"$(dirname "$PY")/lint-imports" --no-cache
 exec "$PY" -m pytest "$@"

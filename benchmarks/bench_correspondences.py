@@ -25,8 +25,8 @@ import psutil
 import torch
 
 from salsa_lib import paths
-from salsa_lib.correspondences import full_split_similarity, stack_teachers
 from salsa_lib.files import atomic_write_json
+from salsa_lib.stages.correspondences import full_split_similarity, stack_teachers
 
 TARGET_GB = 2.0
 

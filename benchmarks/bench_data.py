@@ -20,8 +20,8 @@ import librosa
 import numpy as np
 
 from salsa_lib import paths
-from salsa_lib.audio import crop_or_pad
 from salsa_lib.config import DataConfig
+from salsa_lib.data.audio import crop_or_pad
 from salsa_lib.files import atomic_write_json
 
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["SALSA_HOME"] = scratch
-        from salsa_lib import data_sources
+        from salsa_lib.data import data_sources
 
         config = DataConfig()
         generate_s = _timed(lambda: data_sources.fetch(config, progress=False))

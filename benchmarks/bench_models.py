@@ -9,7 +9,7 @@ repeats. Two models:
   As in training, the clips' power spectrograms and (with ``text_step_cache``) the frozen text layers'
   states come from the per-run step caches (filled as ``StepCache`` fills them: the tiny training set fits
   the cache limit), and the
-  precision is the profile's ``auto`` resolved for this CPU by ``salsa_lib.precision`` (bf16 autocast where
+  precision is the profile's ``auto`` resolved for this CPU by ``salsa_lib.stages.precision`` (bf16 autocast where
   the CPU computes bf16 natively, else fp32), applied around the forward pass as Lightning applies it;
 - paper shapes: PaSST-S p16/s16 (``passt_s_p16_s16_128_ap468``, random weights, 10 s windows) and a
   RoBERTa-large-shaped text encoder (random weights, hand-made config, random token ids of length 32:
@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from salsa_lib import paths
+from salsa_lib.core.losses import contrastive_loss
 from salsa_lib.files import atomic_write_json
-from salsa_lib.losses import contrastive_loss
 from salsa_lib.profiles import PROFILES
 
 TINY = PROFILES["tiny"].stage1  # the configuration notebook 01 trains on the tiny profile
@@ -90,7 +90,7 @@ def _train_figures(times: list[float], batch: int, step: str) -> dict:
 def notebook01_step(module, batch: dict, cache, resolved: str):
     """One training step as ``RetrievalModule.training_step`` takes it on one device, under the precision
     Lightning applies for ``resolved`` (autocast around the forward pass only), then AdamW."""
-    from salsa_lib import precision
+    from salsa_lib.stages import precision
 
     optimizer = module.configure_optimizers()["optimizer"]
     dtype = precision.autocast_dtype(resolved)
@@ -108,9 +108,9 @@ def notebook01_step(module, batch: dict, cache, resolved: str):
 
 
 def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
-    from salsa_lib import precision
-    from salsa_lib.step_cache import StepCache
-    from salsa_lib.training import RetrievalModule
+    from salsa_lib.stages import precision
+    from salsa_lib.stages.step_cache import StepCache
+    from salsa_lib.stages.training import RetrievalModule
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -161,12 +161,12 @@ def step_breakdown(model, optimizer, audio, captions, warmup: int, repeats: int)
 
     before: hear21passt's front end (STFT + mel) every step, captions padded to 32 tokens through all
     six MiniLM layers. after: the clips' power spectrograms and the frozen text layers' outputs are
-    stored once per run (``salsa_lib.step_cache``), so a step computes only the jittered mel filterbank,
+    stored once per run (``salsa_lib.stages.step_cache``), so a step computes only the jittered mel filterbank,
     the top text layers, on captions padded to the longest of the batch. PaSST is the same in both.
     Every part runs in fp32 except the one labelled bf16, whatever this CPU's training precision is.
     """
-    from salsa_lib.splits import preprocess_caption
-    from salsa_lib.losses import contrastive_loss
+    from salsa_lib.core.captions import preprocess_caption
+    from salsa_lib.core.losses import contrastive_loss
 
     audio_encoder, text_encoder = model.audio_encoder, model.text_encoder
     model.train()
@@ -279,8 +279,8 @@ def memory_estimate(model: nn.Module, activation_bytes: int, batch: int, target_
 
 
 def bench_paper(batch: int, seconds: float, tokens: int, warmup: int, repeats: int, target_batch: int = 64) -> dict:
-    from salsa_lib.encoders import PAPER_PASST, AudioEncoder, build_passt
-    from salsa_lib.model import DualEncoder
+    from salsa_lib.core.encoders import PAPER_PASST, AudioEncoder, build_passt
+    from salsa_lib.core.model import DualEncoder
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ attributed to the notebook whose kernel is alive: a notebook's peak is the summe
 
 Per-notebook seconds come from ``<SALSA_HOME>/results/<profile>/run_log.csv`` (papermill execution);
 ``wall_s`` is the whole command (bootstrap check, runner, kernels). ``precision`` is what the trained
-runs recorded in their ``run.json`` (``auto`` resolves by the CPU: see salsa_lib/precision.py).
+runs recorded in their ``run.json`` (``auto`` resolves by the CPU: see salsa_lib/stages/precision.py).
 
 Machines differ, so a time is only comparable with one measured beside it: ``--baseline REV`` first
 runs the same command on another commit (a temporary git worktree, imported through PYTHONPATH with
@@ -40,9 +40,10 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from salsa_lib import paths, precision
-from salsa_lib.profiles import MINIATURE_OVERRIDES as QUICK_OVERRIDES
+from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
+from salsa_lib.profiles import MINIATURE_OVERRIDES as QUICK_OVERRIDES
+from salsa_lib.stages import precision
 
 # small values for every stage (the same sizes the notebook test uses)
 

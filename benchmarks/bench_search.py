@@ -8,7 +8,7 @@ nearest rows are barely nearer than the rest, so any index must look at most of 
 5,000 cluster centres in a 64-d latent space, mapped to 1024-d with a decaying spectrum, each row
 a centre plus spread plus 2 % isotropic noise; queries are held-out rows perturbed further.
 
-Index kinds (salsa_lib.vector_index): ``ivf`` (inverted file of 1-bit RaBitQ codes re-ranked with
+Index kinds (salsa_lib.search.vector_index): ``ivf`` (inverted file of 1-bit RaBitQ codes re-ranked with
 8-bit rows, the product's from 300k rows) and ``flat`` (every 1-bit code scanned, same re-ranking,
 below 300k), each with nprobe / re-ranking depth as calibrated at build; ``flat`` also at fixed depths. Goal at 1 M rows: p50 <= 10 ms at recall@10 >= 0.95, index <= 2 GB.
 
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from salsa_lib import paths, retrieval, vector_index
+from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
+from salsa_lib.search import retrieval, vector_index
 
 TOP_K = 10
 TARGET = {"size": 1_000_000, "p50_ms": 10.0, "recall_at_10": 0.95, "index_gb": 2.0}
@@ -103,7 +104,7 @@ def _rss() -> int:
 def build(index, kind: str) -> dict:
     """Build the FAISS index of ``kind``: seconds, its size (serialised: every code and list it holds) and
     the process's resident growth (a lower bound where freed memory of an earlier index is reused)."""
-    import faiss  # lazy, as in salsa_lib.vector_index
+    import faiss  # lazy, as in salsa_lib.search.vector_index
 
     index._faiss, index.faiss_kind = None, kind
     gc.collect()
@@ -115,7 +116,7 @@ def build(index, kind: str) -> dict:
 
 
 def bench_size(kind: str, n: int, dim: int, n_queries: int, seed: int) -> dict:
-    import faiss  # lazy, as in salsa_lib.vector_index
+    import faiss  # lazy, as in salsa_lib.search.vector_index
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     data, queries = split_queries(kind, vectors(kind, n + n_queries, dim, rng), n_queries, rng)
@@ -150,9 +151,9 @@ def bench_indexing(n_clips: int, seconds: float = 5.0) -> dict:
     import soundfile as sf
     import torch
 
-    from salsa_lib.audio import load_audio
     from salsa_lib.config import Stage1Config
-    from salsa_lib.model import build_dual_encoder
+    from salsa_lib.core.model import build_dual_encoder
+    from salsa_lib.data.audio import load_audio
 
     torch.manual_seed(0)
     model = build_dual_encoder(Stage1Config(audio_encoder="passt_small", embed_dim=1024, window_seconds=seconds,
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=40, help="generated 5 s clips for the indexing figure (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import faiss  # lazy, as in salsa_lib.vector_index: only for its version here
+    import faiss  # lazy, as in salsa_lib.search.vector_index: only for its version here
 
     rows = [bench_size(kind, int(n), args.dim, args.queries, args.seed)
             for kind in args.kinds.split(",") for n in args.sizes.split(",")]

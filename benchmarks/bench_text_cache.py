@@ -26,14 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from salsa_lib import paths, precision
+from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
+from salsa_lib.stages import precision
 
 
 def score_members(config, data) -> list[dict]:
     """Test-split metrics of every member's best-validation weights."""
-    from salsa_lib import data_sources, evaluation, runs
-    from salsa_lib.checkpoints import load_member
+    from salsa_lib import runs
+    from salsa_lib.core.checkpoints import load_member
+    from salsa_lib.data import data_sources
+    from salsa_lib.stages import evaluation
 
     split = data_sources.load_splits(data, ("test",), progress=False)["test"]
     truth = data_sources.load_truth(data, "test")
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(args.reuse_home / "results" / "tiny" / "pretraining",
                             Path(scratch) / "results" / "tiny" / "pretraining")
         os.environ["SALSA_HOME"] = scratch  # read by worker processes too
-        from salsa_lib import data_sources, pretraining, stage1
+        from salsa_lib.data import data_sources
         from salsa_lib.profiles import get_profile
+        from salsa_lib.stages import pretraining, stage1
 
         profile = get_profile("tiny")
         data = profile.data

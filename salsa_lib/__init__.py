@@ -1,3 +1,3 @@
-"""salsa_lib: the package behind the SALSA companion notebooks (one module per pipeline stage)."""
+"""salsa_lib: the package behind the SALSA companion notebooks (one subpackage per layer: core, data, search, stages)."""
 
 __version__ = "0.1.0"

@@ -136,7 +136,7 @@ class DataConfig(StageConfig):
 
 DATASETS = {"synthetic", "clotho", "custom", "fake-clotho"}
 ACCELERATORS = ("auto", "cpu", "gpu")
-# Lightning's precision names, plus auto (salsa_lib.precision chooses by the hardware)
+# Lightning's precision names, plus auto (salsa_lib.stages.precision chooses by the hardware)
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's names, for training and forward passes alike
 
 

@@ -18,8 +18,11 @@ import requests
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from salsa_lib import data_sources, paths
-from salsa_lib.clotho import (
+from salsa_lib import paths
+from salsa_lib.config import MODEL_SAMPLE_RATE
+from salsa_lib.core.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
+from salsa_lib.data import data_sources
+from salsa_lib.data.clotho import (
     CLOTHO_FILES,
     CLOTHO_SPLITS,
     CLOTHO_URL,
@@ -28,8 +31,6 @@ from salsa_lib.clotho import (
     archive_name,
     local_path,
 )
-from salsa_lib.config import MODEL_SAMPLE_RATE
-from salsa_lib.encoders import PACKAGED_MINILM, RANDOM_ROBERTA_LARGE
 from salsa_lib.profiles import Profile
 
 PASST_FILE = "passt-s-f128-p16-s16-ap.468.pt"

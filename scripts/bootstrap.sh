@@ -58,7 +58,7 @@ active_env="${VIRTUAL_ENV:-${CONDA_PREFIX:-}}"
 if [ -n "$active_env" ] && [ "$active_env" != "$SALSA_ROOT/.venv" ] && _salsa_can_run python; then
   PY="$(command -v python)"
   echo "bootstrap: using the active environment $active_env"
-  if [ "$with_tests" = 1 ] && ! "$PY" -c "import pytest" >/dev/null 2>&1; then
+  if [ "$with_tests" = 1 ] && ! "$PY" -c "import pytest, importlinter" >/dev/null 2>&1; then
     _salsa_pip "$PY" -r "$SALSA_ROOT/requirements-test.txt"
   fi
   "$PY" -c "import jupyter_client.kernelspec as k; k.KernelSpecManager().get_kernel_spec('salsa')" \

@@ -2,8 +2,8 @@
 
 import pytest
 
-from salsa_lib import data_sources
 from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.data import data_sources
 
 TINY_DATA = dict(n_train_clips=8, n_val_clips=4, n_test_clips=4, clip_seconds=1.0, source_sample_rate=16000)
 # a model small enough that a training step takes well under a second on 2 cores

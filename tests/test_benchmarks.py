@@ -144,7 +144,7 @@ def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
     models = json.loads((tmp_path / "results" / "benchmarks" / "models.json").read_text())
     assert models["quick"] is True and models["paper_shapes"] is None
     assert models["tiny"]["train"]["clips_per_s"] > 0 and models["tiny"]["embed"]["captions_per_s"] > 0
-    from salsa_lib import precision
+    from salsa_lib.stages import precision
 
     tiny = models["tiny"]["train"]
     assert tiny["precision"] == precision.resolve("auto", "cpu")  # the tiny profile's precision on this CPU

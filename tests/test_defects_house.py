@@ -2,9 +2,9 @@
 
 import pytest
 
-from salsa_lib import evaluation
-from salsa_lib.checkpoints import load_member
+from salsa_lib.core.checkpoints import load_member
 from salsa_lib.errors import DataError
+from salsa_lib.stages import evaluation
 
 
 def test_missing_or_corrupt_checkpoint_files_are_data_errors(tmp_path, capsys):

@@ -4,8 +4,8 @@ Each drill runs the real code in a subprocess where a crash must be simulated, a
 user would see afterwards. Bad input: every class of the data issue through the data command
 (``python -m salsa_lib.data_sources``) and one through ``./run_all.sh``; the demo's through the search
 command. Checkpoint safety (pickled code in a .ckpt) and archive safety (path traversal in
-downloads) have their own tests: tests/test_stage1.py (test_load_member_roundtrip_and_refusals) and
-tests/test_clotho.py; here the evaluation *command line* is checked to refuse such a checkpoint cleanly.
+downloads) have their own tests: tests/stages/test_stage1.py (test_load_member_roundtrip_and_refusals) and
+tests/data/test_clotho.py; here the evaluation *command line* is checked to refuse such a checkpoint cleanly.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, TINY_MODEL
-from salsa_lib import audio_cache, data_sources, run_folders, runs, stage1
+from salsa_lib import runs
 from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.data import audio_cache, data_sources
 from salsa_lib.profiles import PROFILES
+from salsa_lib.stages import run_folders, stage1
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +112,8 @@ TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
 import lightning.pytorch as pl
-from salsa_lib import data_sources, stage1
+from salsa_lib.data import data_sources
+from salsa_lib.stages import stage1
 from salsa_lib.config import Stage1Config
 
 reached = Path(sys.argv[1])
@@ -167,7 +170,7 @@ def test_training_is_deterministic(tmp_path_factory, monkeypatch):
 CACHE_SCRIPT = """
 import sys
 from pathlib import Path
-from salsa_lib import audio, data_sources
+from salsa_lib.data import audio, data_sources
 from salsa_lib.config import DataConfig
 
 barrier = Path(sys.argv[1])
@@ -470,7 +473,7 @@ def test_bad_custom_data_through_run_all(tmp_path):
 
 def _search_checkpoint(path: Path) -> None:
     """A tiny untrained model saved the way training saves it (parameters + state_dict)."""
-    from salsa_lib.model import build_dual_encoder
+    from salsa_lib.core.model import build_dual_encoder
 
     config = Stage1Config(profile="test", **TINY_MODEL)
     torch.manual_seed(0)

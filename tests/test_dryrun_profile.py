@@ -5,10 +5,11 @@ import io
 
 import soundfile as sf
 
-from salsa_lib import reference_queries
+from salsa_lib.core.captions import preprocess_caption
+from salsa_lib.data import reference_queries
+from salsa_lib.data.fake_clotho import METADATA_COLUMNS, install_fake_clotho
+from salsa_lib.data.splits import read_captions_csv
 from salsa_lib.profiles import PROFILES
-from salsa_lib.splits import preprocess_caption, read_captions_csv
-from salsa_lib.fake_clotho import METADATA_COLUMNS, install_fake_clotho
 
 HARDWARE = {"batch_size", "eval_batch_size", "embed_batch_size", "precision", "accelerator", "num_workers",
             "spectrogram_cache_gb"}
@@ -72,7 +73,7 @@ def test_fake_clotho_has_the_real_layout_and_dialect(tmp_path):
 
 
 def test_random_text_encoder_has_roberta_large_shape():
-    from salsa_lib.encoders import ROBERTA_LARGE_SHAPE
+    from salsa_lib.core.encoders import ROBERTA_LARGE_SHAPE
 
     assert (ROBERTA_LARGE_SHAPE["num_hidden_layers"], ROBERTA_LARGE_SHAPE["hidden_size"],
             ROBERTA_LARGE_SHAPE["num_attention_heads"], ROBERTA_LARGE_SHAPE["intermediate_size"]) == (24, 1024, 16, 4096)

@@ -9,17 +9,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from salsa_lib import clotho, correspondences, data_sources, embedding, released, runs, synth
+from salsa_lib import runs
 from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.core.model import build_dual_encoder
+from salsa_lib.data import clotho, data_sources, synth
+from salsa_lib.data.splits import CAPTION_COLUMNS, CAPTIONS_PER_CLIP, SPLIT_FOLDERS, caption_clips
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.model import build_dual_encoder
-from salsa_lib.splits import CAPTION_COLUMNS, CAPTIONS_PER_CLIP, SPLIT_FOLDERS, caption_clips
+from salsa_lib.stages import correspondences, embedding, released
 
 TINY = dict(passt_width=32, passt_depth=1, passt_heads=2, text_trainable_layers=1, embed_dim=16,
             train_seconds=1.0, eval_seconds=1.0, window_seconds=1.0, members=1, pretrain_clips=0)
 # modules of the training side: the search path must not load any of them, not even lazily
-STAGE_MODULES = ("salsa_lib.stage1", "salsa_lib.stage2", "salsa_lib.training", "salsa_lib.correspondences",
-                 "salsa_lib.evaluation", "salsa_lib.pretraining", "salsa_lib.runner", "salsa_lib.step_cache")
+STAGE_MODULES = ("salsa_lib.stages.stage1", "salsa_lib.stages.stage2", "salsa_lib.stages.training", "salsa_lib.stages.correspondences",
+                 "salsa_lib.stages.evaluation", "salsa_lib.stages.pretraining", "salsa_lib.runner", "salsa_lib.stages.step_cache")
 
 
 def _checkpoint(path, **params):
@@ -35,7 +37,7 @@ def _checkpoint(path, **params):
 
 QUERY_SCRIPT = """
 import json, sys
-from salsa_lib import retrieval, search
+from salsa_lib.search import cli as search, retrieval
 model, _, model_id = retrieval.load_search_model(sys.argv[1])
 index = retrieval.build_index(sys.argv[2], model, model_id, progress=False)
 response = retrieval.search(index, model, model_id, "a siren wails", top_k=2)

@@ -7,8 +7,8 @@ import pytest
 import requests
 
 from salsa_lib import paths, readiness, runner
+from salsa_lib.data.fake_clotho import install_fake_clotho
 from salsa_lib.profiles import PROFILES
-from salsa_lib.fake_clotho import install_fake_clotho
 
 CLOTHO = PROFILES["clotho"]
 

@@ -1,0 +1,72 @@
+"""Stage 1: train the ensemble members, each in its own folder under results/<profile>/stage1/.
+
+Member k trains with seed + k. Reuse, resume and move-aside rules: ``run_folders.train_or_reuse``.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pandas as pd
+
+from salsa_lib import reports, runs
+from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.data import data_sources
+from salsa_lib.data.splits import split_fingerprint
+from salsa_lib.files import atomic_write_json
+from salsa_lib.stages import parallel_runs, precision, pretraining
+from salsa_lib.stages.run_folders import announce_finished, train_or_reuse
+from salsa_lib.stages.training import RetrievalModule, fit, make_loaders
+
+
+def train_members(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False,
+                  pretrained: dict | None = None) -> pd.DataFrame:
+    """Train (or reuse; ``force``: retrain) every member; returns and writes the members table.
+
+    ``pretrained``: the pretraining record when the caller already has it (else it is made or reused here).
+    """
+    data_sources.load_splits(data, splits=("train", "val"), progress=progress)  # audio caches built once, here
+    if config.pretrain_clips and pretrained is None:
+        pretrained = pretraining.pretrain_or_reuse(config, data, progress, force)
+    workers, threads = parallel_runs.plan_workers(config, config.members)
+    if progress:
+        precision.announce(config.precision, config.accelerator)
+        if workers > 1:
+            print(f"training {config.members} members in {workers} processes, {threads} thread(s) each", flush=True)
+    jobs = [(config, data, k, progress and workers == 1, pretrained, force) for k in range(config.members)]
+    records = parallel_runs.run_all(_member_job, jobs, workers, threads, announce_finished if progress and workers > 1 else None)
+    atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
+                      {"members": [r["folder"] for r in records], "params": config.to_params()})
+    table = pd.DataFrame([{"member": k, "seed": r["run"]["seed"], "best_epoch": r["best_epoch"],
+                           **r["val"], "seconds": r["seconds"]} for k, r in enumerate(records)])
+    reports.write_table(table, config.profile, "stage1_members")
+    return table
+
+
+def _member_job(config: Stage1Config, data: DataConfig, member: int, progress: bool, pretrained: dict | None,
+                force: bool) -> dict:
+    """One member from the data config alone: what a worker process of ``parallel_runs`` runs."""
+    splits = data_sources.load_splits(data, splits=("train", "val"), progress=False)
+    return train_member(config, member, splits["train"], splits["val"], progress, pretrained, force)
+
+
+def train_member(config: Stage1Config, member: int, train, val, progress: bool = True,
+                 pretrained: dict | None = None, force: bool = False) -> dict:
+    """``pretrained``: the record of ``pretraining.pretrain_or_reuse``, whose weights start the PaSST."""
+    params = {**config.to_params(), "seed": config.seed + member}
+    # the data are part of the run's identity: a regenerated data set must not reuse old members;
+    # how many runs shared the machine is not (it changes no result beyond rounding)
+    run = {**runs.identity(params), "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
+    if pretrained is not None:  # and so are the pretrained weights it starts from
+        run["pretrained_audio_sha256"] = pretrained["checkpoint_sha256"]
+
+    def fit_run() -> dict:
+        pl.seed_everything(params["seed"], workers=True, verbose=False)
+        member_config = Stage1Config.from_params(params)
+        train_set, train_loader, val_loader = make_loaders(member_config, train, val)
+        module = RetrievalModule(params, steps_per_epoch=len(train_loader), run=run)
+        if pretrained is not None:
+            pretraining.load_pretrained(module.model.audio_encoder.passt, config.profile, pretrained)
+        module.val_captions = val.captions
+        return fit(module, runs.member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
+
+    return train_or_reuse(runs.member_dir(config.profile, member), run, fit_run, force)

@@ -1,0 +1,148 @@
+"""Stage 1 end to end on a miniature synthetic set: checkpoints, reuse, resume, safe loading."""
+
+import json
+import pickle
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+
+from salsa_lib import runs
+from salsa_lib.core.checkpoints import load_member
+from salsa_lib.data import data_sources
+from salsa_lib.errors import DataError
+from salsa_lib.stages import run_folders, stage1
+
+pytestmark = pytest.mark.slow
+
+
+def _train(config, force: bool = False):
+    return stage1.train_members(config, data_sources.load_data_config("test"), progress=False, force=force)
+
+
+def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
+    table = _train(tiny_stage1)
+    folder = runs.member_dir("test", 0)
+    record = json.loads((folder / "run.json").read_text())
+    best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and best["hyper_parameters"]["params"]["seed"] == tiny_stage1.seed
+    assert last["optimizer_states"]  # what a resume needs
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert record["run"]["seed"] == tiny_stage1.seed
+    assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
+    assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
+    assert list(table.columns[:3]) == ["member", "seed", "best_epoch"]
+    listed = json.loads((runs.stage1_dir("test") / "members.json").read_text())["members"]
+    assert listed == ["member0"]
+    assert pd.read_csv(tiny_home / "results/test/tables/stage1_members.csv").shape[0] == 1
+
+
+def test_finished_member_is_reused_and_changed_parameters_retrain(tiny_home, tiny_stage1, monkeypatch):
+    _train(tiny_stage1)
+    best = (runs.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished member was trained again")
+
+    monkeypatch.setattr(stage1, "fit", no_training)
+    _train(tiny_stage1)  # same parameters: reused
+    monkeypatch.undo()
+    monkeypatch.setenv("SALSA_HOME", str(tiny_home))
+    _train(tiny_stage1.replace(lr_text_projection=2e-3))  # other parameters: old run kept aside
+    previous = runs.stage1_dir("test") / ".previous"
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best
+    retrained = (runs.member_dir("test", 0) / "checkpoints" / "best.ckpt").read_bytes()
+    _train(tiny_stage1.replace(lr_text_projection=2e-3), force=True)  # run_all.sh --force: same parameters, trained again
+    assert (previous / "member0-2" / "checkpoints" / "best.ckpt").read_bytes() == retrained
+    assert (previous / "member0-1" / "checkpoints" / "best.ckpt").read_bytes() == best  # still kept
+
+
+class _Crash(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_member_resumes_from_last_checkpoint(tiny_home, tiny_stage1, monkeypatch):
+    config = tiny_stage1.replace(epochs=2)
+    real_trainer = pl.Trainer
+    monkeypatch.setattr(pl, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [*kw["callbacks"], _Crash()]}))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(config)
+    folder = runs.member_dir("test", 0)
+    assert not (folder / "run.json").exists()
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(pl, "Trainer", real_trainer)
+    _train(config)  # resumes: only epoch 1 is trained now
+    assert list(run_folders.epoch_metrics(folder)["epoch"]) == [0, 1]
+    resumed = pd.read_csv(folder / "logs" / "attempt1" / "metrics.csv")
+    assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
+    assert (folder / "run.json").exists()
+
+
+def test_load_member_roundtrip_and_refusals(tiny_home, tiny_stage1, tmp_path):
+    _train(tiny_stage1)
+    best = runs.member_dir("test", 0) / "checkpoints" / "best.ckpt"
+    model, config = load_member(best)
+    assert config.seed == tiny_stage1.seed and not model.training
+    with torch.no_grad():
+        embedding = model.embed_text(["a dog barks"])
+    assert embedding.shape == (1, tiny_stage1.embed_dim)
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
+
+    with pytest.raises(DataError, match="does not exist"):
+        load_member(tmp_path / "missing.ckpt")
+
+    state = torch.load(best, weights_only=True)
+    state["state_dict"]["model.project_text.extra"] = torch.zeros(1)
+    del state["state_dict"]["model.project_audio.weight"]
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(state, tampered)
+    with pytest.raises(DataError, match="project_audio.weight") as info:
+        load_member(tampered)
+    assert "project_text.extra" in str(info.value)
+
+    malicious = tmp_path / "malicious.ckpt"
+    malicious.write_bytes(pickle.dumps(_CodeRunner()))
+    with pytest.raises(DataError, match="pickled objects"):
+        load_member(malicious)
+
+    resized = torch.load(best, weights_only=True)
+    resized["state_dict"]["model.project_audio.weight"] = torch.zeros(3, 3)
+    torch.save(resized, tmp_path / "resized.ckpt")
+    with pytest.raises(DataError, match="does not fit.*project_audio.weight"):
+        load_member(tmp_path / "resized.ckpt")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "not a readable checkpoint"),
+    (b"a text file, not a checkpoint", "not a readable checkpoint"),
+    ("tensor", "holds a Tensor"),
+    ({"epoch": 3}, "no saved parameters"),
+])
+def test_load_member_names_the_file_for_anything_else(tmp_path, content, expected):
+    path = tmp_path / "odd.ckpt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(torch.zeros(3) if content == "tensor" else content, path)
+    with pytest.raises(DataError, match=expected) as info:
+        load_member(path)
+    assert "odd.ckpt" in str(info.value)
+
+
+class _CodeRunner:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
+    _train(tiny_stage1)
+    data = data_sources.load_data_config("test").replace(synthetic_seed=1)  # a different data set, same params
+    data_sources.fetch(data, progress=False)
+    data_sources.load_splits(data, progress=False)
+    data_sources.save_data_config(data)
+    _train(tiny_stage1)
+    assert (runs.stage1_dir("test") / ".previous" / "member0-1" / "run.json").exists()

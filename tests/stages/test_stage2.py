@@ -1,0 +1,132 @@
+"""Stage 2 on a miniature synthetic set: teachers from stored embeddings, initialisation, reuse."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from salsa_lib import runs
+from salsa_lib.config import Stage2Config
+from salsa_lib.core.checkpoints import load_member
+from salsa_lib.core.losses import contrastive_loss, correspondence_targets, distillation_loss
+from salsa_lib.data import data_sources
+from salsa_lib.errors import ConfigError, DataError
+from salsa_lib.files import file_digest
+from salsa_lib.stages import correspondences, stage1, stage2
+
+pytestmark = pytest.mark.slow
+
+STAGE2 = dict(profile="test", batch_size=10, eval_batch_size=4, epochs=1, warmup_epochs=0.5,
+              rampdown_start=0.5, rampdown_stop=1.0, students=1)
+
+
+@pytest.fixture
+def trained(tiny_home, tiny_stage1):
+    data = data_sources.load_data_config("test")
+    stage1.train_members(tiny_stage1.replace(members=2), data, progress=False)
+    train = data_sources.load_splits(data, ("train",), progress=False)["train"]
+    return data, train
+
+
+def test_missing_embeddings_are_reported(trained):
+    data, _ = trained
+    with pytest.raises(DataError, match="notebook 02"):
+        stage2.train(Stage2Config(teachers="ensemble", **STAGE2), data, progress=False)
+
+
+def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypatch):
+    data, train = trained
+    files = correspondences.embed_members("test", train, batch_size=8)
+    assert [f.parent.name for f in files] == ["member0", "member1"]
+    config = Stage2Config(teachers="ensemble", **STAGE2)
+    [record] = stage2.train(config, data, progress=False)
+    assert record["run"]["teacher_members"] == ["member0", "member1"]
+    assert record["run"]["init_checkpoint"] == file_digest(
+        runs.member_dir("test", 0) / "checkpoints" / "best.ckpt")
+    [run] = stage2.planned_runs(config)
+    student, student_config = load_member(stage2.run_dir("test", run) / "checkpoints" / "best.ckpt")
+    assert student_config.seed == config.seed and student_config.passt_width == 64  # architecture from stage 1
+    table = stage2.comparison_table(config)
+    assert list(table.stage) == [1, 1, 2] and table["mAP@10"].between(0, 1).all()
+    assert table.teachers.iloc[-1] == "member0+member1"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(stage2, "fit", no_training)
+    assert stage2.train(config, data, progress=False)[0]["run"] == record["run"]  # reused
+
+
+def test_paired_grid_self_control_and_truth(trained):
+    data, train = trained
+    correspondences.embed_members("test", train, batch_size=8)
+    config = Stage2Config(**{**STAGE2, "students": 2}, teachers="self,control,truth")
+    runs = stage2.planned_runs(config)
+    assert [(r.teachers, r.init_member, r.seed) for r in runs] == [
+        (kind, k, config.seed + k) for kind in ("self", "control", "truth") for k in (0, 1)]
+    assert [stage2.run_dir("test", r).name for r in runs][:3] == ["self_from_member0", "self_from_member1",
+                                                                   "control_from_member0"]
+    records = stage2.train(config, data, progress=False)
+    members = {r["folder"]: r["run"]["teacher_members"] for r in records}
+    assert members == {"self_from_member0": ["member0"], "self_from_member1": ["member1"],
+                       "control_from_member0": [], "control_from_member1": [],
+                       "truth_from_member0": ["truth"], "truth_from_member1": ["truth"]}
+    control = next(r["run"] for r in records if r["folder"] == "control_from_member1")
+    assert (control["sup_weight"], control["distill_weight"], control["seed"]) == (1.0, 0.0, config.seed + 1)
+    assert "truth_sha256" in next(r["run"] for r in records if r["folder"] == "truth_from_member0")
+    recipe = stage2.recipe_table("test", records).set_index("field")
+    assert recipe.same.all(), recipe[~recipe.same]  # stage 2 is the stage-1 recipe run again
+    assert recipe.loc["epochs", "stage 2"] == "1" and recipe.loc["rampdown_stop", "stage 1"] == "1.0"
+    longer = [{**r, "run": {**r["run"], "epochs": 2}} for r in records]
+    assert not stage2.recipe_table("test", longer).set_index("field").loc["epochs", "same"]
+    with pytest.raises(ConfigError, match="member5|students"):
+        stage2.train(Stage2Config(**{**STAGE2, "students": 6}, teachers="self"), data, progress=False)
+    with pytest.raises(ConfigError, match="teachers"):
+        Stage2Config(teachers="ensemble,oracle")
+
+
+def test_truth_targets_match_a_brute_force_construction():
+    """Targets of a batch from the known matrix: softmax over the batch of (1 if true else 0) / tau, both ways."""
+    torch.manual_seed(0)
+    truth = torch.rand(6, 30) < 0.3
+    truth[torch.arange(6).repeat_interleave(5), torch.arange(30)] = True  # a caption describes its own clip
+    audio_idx, caption_idx, tau = torch.tensor([2, 0, 2, 5]), torch.tensor([11, 3, 12, 27]), 0.05
+    p_caption, p_audio = correspondence_targets(correspondences.truth_logits(truth, audio_idx, caption_idx, tau))
+    for i, a in enumerate(audio_idx.tolist()):
+        row = [math.exp((1.0 if truth[a, c] else 0.0) / tau) for c in caption_idx.tolist()]
+        assert torch.allclose(p_caption[i], torch.tensor([v / sum(row) for v in row]), atol=1e-6)
+    for j, c in enumerate(caption_idx.tolist()):
+        column = [math.exp((1.0 if truth[a, c] else 0.0) / tau) for a in audio_idx.tolist()]
+        assert torch.allclose(p_audio[:, j], torch.tensor([v / sum(column) for v in column]), atol=1e-6)
+    # each row's mass sits (all but e^-20) on the batch captions that truly describe the clip
+    true_in_batch = truth[audio_idx][:, caption_idx].float()
+    assert torch.allclose(p_caption, true_in_batch / true_in_batch.sum(1, keepdim=True), atol=1e-6)
+
+
+def test_truth_teacher_in_the_module(trained):
+    data, train = trained
+    run = json.loads((runs.member_dir("test", 0) / "run.json").read_text())["run"]
+    params = {k: v for k, v in run.items() if k != "data"}
+    truth = torch.rand(train.n_clips, train.n_captions) < 0.2
+    module = stage2.DistillationModule(params, 4, params, None, None, sup_weight=0.0, distill_weight=1.0, truth=truth)
+    batch = {"audio_idx": torch.tensor([3, 0, 3, 7]), "idx": torch.tensor([15, 2, 19, 36])}
+    logits = torch.randn(4, 4)
+    teacher = truth[batch["audio_idx"]][:, batch["idx"]].float() / 0.05
+    assert torch.isclose(module.loss(logits, batch), distillation_loss(logits, teacher), atol=1e-6)
+
+
+def test_distillation_module_loss_uses_the_batch_items_teachers(trained):
+    data, train = trained
+    correspondences.embed_members("test", train, batch_size=8)
+    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train)
+                for f in runs.member_folders("test")]
+    audio, captions = correspondences.stack_teachers(payloads)
+    run = json.loads((runs.member_dir("test", 0) / "run.json").read_text())["run"]
+    params = {k: v for k, v in run.items() if k != "data"}
+    module = stage2.DistillationModule(params, 4, params, audio, captions, sup_weight=0.5, distill_weight=1.0)
+    batch = {"audio_idx": torch.tensor([3, 0, 3, 7]), "idx": torch.tensor([15, 2, 19, 36])}
+    logits = torch.randn(4, 4)
+    teacher = sum(audio[m][batch["audio_idx"]] @ captions[m][batch["idx"]].T for m in range(2)) / 2 / 0.05
+    expected = distillation_loss(logits, teacher) + 0.5 * contrastive_loss(logits, batch["audio_idx"])
+    assert torch.isclose(module.loss(logits, batch), expected, atol=1e-5)
