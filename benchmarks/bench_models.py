@@ -21,6 +21,9 @@ Paper shapes also give an estimate of the GPU memory of the paper's recipe (batc
 16 bytes per trainable parameter for weights, gradients and AdamW moments, plus the activations autograd
 saves in one forward pass, measured at the small batch and scaled linearly (see ``memory_estimate``).
 
+Thread use (``thread_use``): the tiny step in fp32 on one thread, on two, and in two one-thread
+processes side by side, as the parallel runs of notebooks 01 and 03 train on a 2-core CPU.
+
 Embedding (tiny model, eval mode, no gradients): audio clips/s (5 s clips) and captions/s.
 Writes results/benchmarks/models.json.
 
@@ -30,6 +33,7 @@ Writes results/benchmarks/models.json.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import resource
@@ -90,44 +94,42 @@ def _train_figures(times: list[float], batch: int, step: str) -> dict:
 def notebook01_step(module, batch: dict, cache, resolved: str):
     """One training step as ``RetrievalModule.training_step`` takes it on one device, under the precision
     Lightning applies for ``resolved`` (autocast around the forward pass only), then AdamW."""
-    from salsa_lib.stages import precision
+    from salsa_lib.stages.training import manual_step
 
     optimizer = module.configure_optimizers()["optimizer"]
-    dtype = precision.autocast_dtype(resolved)
-
-    def step():
-        module.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            audio, text = module._embed(batch, cache, batch["idx"], batch["caption"])
-            loss = module.loss(module.model.logits(audio, text), batch)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return lambda: manual_step(module, optimizer, batch, cache, resolved)
 
 
-def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
-    from salsa_lib.stages import precision
+def tiny_step_inputs(batch: int, seconds: float) -> tuple:
+    """Notebook 01's module on the tiny profile, one batch of random clips and captions, and what the step
+    caches hold for them (filled as ``StepCache`` fills them: the tiny training set fits the cache limit)."""
     from salsa_lib.stages.step_cache import StepCache
     from salsa_lib.stages.training import RetrievalModule
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    config = TINY
-    module = RetrievalModule(config.to_params(), steps_per_epoch=100)
+    module = RetrievalModule(TINY.to_params(), steps_per_epoch=100)
     model = module.model
     audio = 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)
-    lengths = torch.ones(batch)
     captions = _captions(batch, generator)
-    text_cached = config.text_step_cache and model.text_encoder.bottom_frozen
-    with torch.no_grad():  # what the step caches hold for these clips and captions
-        cache = StepCache(model.audio_encoder.power(audio) if config.spectrogram_cache_gb > 0 else None,
+    text_cached = TINY.text_step_cache and model.text_encoder.bottom_frozen
+    with torch.no_grad():
+        cache = StepCache(model.audio_encoder.power(audio) if TINY.spectrogram_cache_gb > 0 else None,
                           model.text_encoder.frozen_states(captions) if text_cached else None)
     ids = torch.arange(batch)
+    inputs = {"audio": audio, "audio_length": torch.ones(batch), "audio_idx": ids, "idx": ids, "caption": captions}
+    return module, inputs, cache
+
+
+def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
+    from salsa_lib.stages import precision
+
+    config = TINY
+    module, inputs, cache = tiny_step_inputs(batch, seconds)
+    model, audio, lengths, captions = module.model, inputs["audio"], inputs["audio_length"], inputs["caption"]
+    text_cached = cache.text is not None
     resolved = precision.announce(config.precision, "cpu")  # as training resolves it on this CPU
-    step = notebook01_step(module, {"audio": audio, "audio_length": lengths, "audio_idx": ids, "idx": ids,
-                                    "caption": captions}, cache, resolved)
+    step = notebook01_step(module, inputs, cache, resolved)
     cached = "power spectrograms and frozen text states" if text_cached else "power spectrograms"
     described = (f"notebook 01's step: stored {cached} (step caches), "
                  f"precision {resolved} (the profile's {config.precision!r} on this CPU), forward + contrastive "
@@ -153,6 +155,54 @@ def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batc
                   "captions_per_s": round(batch / statistics.median(text_times), 1),
                   "audio_seconds_per_batch_median": round(statistics.median(audio_times), 4),
                   "text_seconds_per_batch_median": round(statistics.median(text_times), 4)},
+    }
+
+
+def _one_thread_worker(batch: int, seconds: float, warmup: int, repeats: int, barrier, results) -> None:
+    """One of two processes side by side, as parallel runs train: one thread, fp32, timed once both are warm."""
+    torch.set_num_threads(1)
+    module, inputs, cache = tiny_step_inputs(batch, seconds)
+    step = notebook01_step(module, inputs, cache, "32-true")
+    _time_steps(step, warmup, 0)
+    barrier.wait()
+    results.put(_time_steps(step, 0, repeats))
+
+
+def thread_use(batch: int, seconds: float, warmup: int, repeats: int) -> dict:
+    """How notebook 01's fp32 step (what ``auto`` trains without native bf16) uses two cores.
+
+    Three ways, each the median of ``repeats`` steps: one process on one thread; one process on two
+    threads (a run alone, or the last run of the plan); two processes side by side with one thread each
+    (``parallel_runs``' default on a CPU), started together once both are warm. The throughput ratio is
+    steps per second of the pair over steps per second of one two-thread process.
+    """
+    if (os.cpu_count() or 1) < 2:
+        return {"skipped": f"{os.cpu_count()} core: nothing to share"}
+    previous = torch.get_num_threads()
+    module, inputs, cache = tiny_step_inputs(batch, seconds)
+    step = notebook01_step(module, inputs, cache, "32-true")
+    alone = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        alone[threads] = statistics.median(_time_steps(step, warmup, repeats))
+    torch.set_num_threads(previous)
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_one_thread_worker, args=(batch, seconds, warmup, repeats, barrier, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    pair = [statistics.median(results.get(timeout=1800)) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return {
+        "precision": "32-true", "batch": batch, "clip_seconds": seconds, "repeats": repeats,
+        "seconds_per_step_one_thread": round(alone[1], 4),
+        "seconds_per_step_two_threads": round(alone[2], 4),
+        "seconds_per_step_side_by_side": [round(t, 4) for t in pair],
+        "speedup_two_threads_vs_one": round(alone[1] / alone[2], 2),
+        "throughput_pair_vs_two_threads": round(sum(1 / t for t in pair) * alone[2], 2),
     }
 
 
@@ -345,6 +395,11 @@ def main(argv: list[str] | None = None) -> None:
     tiny = bench_tiny(args.tiny_batch, args.tiny_seconds, warmup, args.repeats, args.embed_repeats)
     print(f"tiny: {tiny['train']['clips_per_s']} clips/s training, {tiny['embed']['audio_clips_per_s']} clips/s "
           f"and {tiny['embed']['captions_per_s']} captions/s embedding", flush=True)
+    threads = thread_use(args.tiny_batch, args.tiny_seconds, warmup, args.repeats)
+    if "skipped" not in threads:
+        print(f"tiny fp32 step: {threads['seconds_per_step_one_thread']} s on 1 thread, "
+              f"{threads['seconds_per_step_two_threads']} s on 2; two one-thread processes side by side: "
+              f"{threads['throughput_pair_vs_two_threads']}x the throughput of one on two threads", flush=True)
     paper = None
     if not args.skip_paper:
         paper = bench_paper(args.paper_batch, args.paper_seconds, args.tokens, warmup, args.repeats)
@@ -359,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick, "warmup_steps": warmup, "repeats": args.repeats,
         "step": "one optimizer step: tiny as notebook 01 runs it, paper shapes in fp32 without caches (see each "
                 "model's train.step)",
-        "tiny": tiny, "paper_shapes": paper,
+        "tiny": tiny, "thread_use": threads, "paper_shapes": paper,
         "wall_s": round(time.perf_counter() - start, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }

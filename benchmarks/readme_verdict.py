@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from salsa_lib import paths
 from salsa_lib.files import atomic_write_text
+from salsa_lib.stages import verdict
 
 START = "<!-- verdict: rendered by benchmarks/readme_verdict.py from results/benchmarks/pipeline.json; do not edit -->"
 END = "<!-- /verdict -->"
@@ -26,40 +28,12 @@ LABELS = {"control": "control (`L_sup` again)", "ensemble": "ensemble teachers",
           "truth": "truth teachers"}
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _percent(mean, std=None) -> str:
-    if _missing(mean):
-        return ""
-    text = f"{100 * mean:.2f}" + ("" if _missing(std) else f" ± {100 * std:.2f}")
-    return text.replace("-", "−")
-
-
-def _paired(row: dict, metric: str, reference: str) -> str:
-    mean = row.get(f"{metric} Δ {reference} mean")
-    if _missing(mean):
-        return ""
-    std, wins = row.get(f"{metric} Δ {reference} std"), row.get(f"{metric} Δ {reference} wins")
-    spread = "" if _missing(std) else f" ± {100 * std:.2f}"
-    return f"{100 * mean:+.2f}{spread} ({wins})".replace("-", "−")
-
-
-def _estimate(row: dict) -> str:
-    auc, ap = row.get("estimate ROC-AUC"), row.get("estimate AP")
-    return "" if _missing(auc) else f"{auc:.3f} / {ap:.3f}"
-
-
 def verdict_table(rows: list[dict]) -> list[str]:
-    lines = ["| system | weights | mAP@10 | Δ stage 1 | Δ control | multi mAP@10 | estimate ROC-AUC / AP |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        weights = "" if _missing(row.get("weights")) else row["weights"]
-        cells = [LABELS.get(row["system"], row["system"]), weights, _percent(row["mAP@10 mean"], row.get("mAP@10 std")),
-                 _paired(row, "mAP@10", "stage 1"), _paired(row, "mAP@10", "control"),
-                 _percent(row.get("multi mAP@10 mean"), row.get("multi mAP@10 std")), _estimate(row)]
-        lines.append("| " + " | ".join(cells) + " |")
+    """Notebook 04's compact verdict table (``verdict.compact``) as markdown, kinds of teacher in words."""
+    table = verdict.compact(pd.DataFrame(rows))
+    table["system"] = table["system"].map(lambda system: LABELS.get(system, system))
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table.itertuples(index=False)]
     return lines
 
 

@@ -157,6 +157,20 @@ def _summarise_models(d: dict, rows: list, ratios: list) -> None:
             _figure(rows, "models", f"{label}: audio embedding ({m.get('clip_seconds'):g} s clips)",
                     embed.get("audio_clips_per_s"), "clips/s", how)
             _figure(rows, "models", f"{label}: caption embedding", embed.get("captions_per_s"), "captions/s", how)
+    threads = d.get("thread_use") or {}
+    if threads.get("seconds_per_step_one_thread"):
+        how = (f"tiny step, fp32, batch {threads['batch']} x {threads['clip_seconds']:g} s, median of "
+               f"{threads['repeats']} steps")
+        _figure(rows, "models", "tiny model fp32: seconds per step, one thread", threads["seconds_per_step_one_thread"],
+                "s", how)
+        _figure(rows, "models", "tiny model fp32: seconds per step, two threads",
+                threads["seconds_per_step_two_threads"], "s", how)
+        _figure(rows, "models", "tiny model fp32: seconds per step, two one-thread processes side by side",
+                " / ".join(str(t) for t in threads["seconds_per_step_side_by_side"]), "s", how)
+        _ratio(ratios, "models", "tiny fp32 step, two threads vs one", threads["seconds_per_step_one_thread"],
+               threads["seconds_per_step_two_threads"], "times faster with both cores than with one (one run alone)")
+        _figure(rows, "models", "tiny fp32 training throughput, two one-thread processes vs one two-thread process",
+                threads["throughput_pair_vs_two_threads"], "x", how + " (parallel runs' default on a CPU)")
     memory = (d.get("paper_shapes") or {}).get("gpu_memory_estimate")
     if memory:
         measured, target = memory["measured_batch"], memory["target_batch"]

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ FAKE = {
                                   "seconds_per_step_all": [0.4, 0.5, 0.6]},
                         "parameters": {"all": {"total": 2_000_000, "trainable": 1_000_000}},
                         "embed": {"batch": 32, "repeats": 5, "audio_clips_per_s": 100.0, "captions_per_s": 300.0}},
+               "thread_use": {"precision": "32-true", "batch": 32, "clip_seconds": 5.0, "repeats": 3,
+                              "seconds_per_step_one_thread": 0.6, "seconds_per_step_two_threads": 0.4,
+                              "seconds_per_step_side_by_side": [0.7, 0.7], "speedup_two_threads_vs_one": 1.5,
+                              "throughput_pair_vs_two_threads": 1.14},
                "paper_shapes": {"batch": 4, "clip_seconds": 30.0,
                                 "train": {"clips_per_s": 0.32, "seconds_per_step_median": 12.5,
                                           "seconds_per_step_all": [12.5]}}},
@@ -97,6 +102,11 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     assert ratios[("setup", "first vs second run")] == 60.0
     assert ratios[("search", "FAISS vs exact p50 latency, 1,000 random vectors")] == 4.0
     assert ratios[("models", "paper shapes vs tiny, seconds per clip in training")] == 200.0
+    assert ratios[("models", "tiny fp32 step, two threads vs one")] == 1.5
+    assert _value(result, "models", "tiny model fp32: seconds per step, two one-thread processes side by side") == \
+        "0.7 / 0.7"
+    assert _value(result, "models",
+                  "tiny fp32 training throughput, two one-thread processes vs one two-thread process") == 1.14
 
     md = out_md.read_text()
     assert md.startswith("# Benchmarks")
@@ -144,6 +154,10 @@ def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
     models = json.loads((tmp_path / "results" / "benchmarks" / "models.json").read_text())
     assert models["quick"] is True and models["paper_shapes"] is None
     assert models["tiny"]["train"]["clips_per_s"] > 0 and models["tiny"]["embed"]["captions_per_s"] > 0
+    threads = models["thread_use"]  # the side-by-side processes ran and each timed its steps
+    assert "skipped" not in threads or (os.cpu_count() or 1) < 2, threads
+    assert "skipped" in threads or len(threads["seconds_per_step_side_by_side"]) == 2 and min(threads["seconds_per_step_side_by_side"]) > 0
+    assert "skipped" in threads or threads["throughput_pair_vs_two_threads"] > 0 and threads["precision"] == "32-true"
     from salsa_lib.stages import precision
 
     tiny = models["tiny"]["train"]

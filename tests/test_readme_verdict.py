@@ -47,11 +47,17 @@ def test_the_rendering_quotes_the_runs_numbers_words_and_machine():
     assert "98.77" in readme_verdict.render(changed) and "98.77" not in block
 
 
-def test_paired_differences_show_sign_spread_and_students_ahead():
-    row = {"mAP@10 Δ control mean": -0.0181, "mAP@10 Δ control std": 0.0411, "mAP@10 Δ control wins": "1/3"}
-    assert readme_verdict._paired(row, "mAP@10", "control") == "−1.81 ± 4.11 (1/3)"
-    assert readme_verdict._paired({}, "mAP@10", "control") == ""
-    assert readme_verdict._paired({"mAP@10 Δ stage 1 mean": float("nan")}, "mAP@10", "stage 1") == ""
+def test_the_table_is_notebook_04s_compact_table():
+    """One rendering for both: stage 1 minus the control is not printed as a result of its own."""
+    run = _run()
+    lines = readme_verdict.verdict_table(run["verdict"])
+    assert lines[0] == "| system | weights | seeds | mAP@10 | Δ stage 1 | Δ control | multi mAP@10 | estimate ROC-AUC / AP |"
+    stage1 = next(line for line in lines if line.startswith("| i = j (stage 1) | best |"))
+    assert stage1.split(" | ")[4:6] == ["", ""]
+    control = next(r for r in run["verdict"] if r["system"] == "control" and r["weights"] == "best")
+    delta = control["mAP@10 Δ stage 1 mean"]
+    shown = next(line for line in lines if line.startswith("| control (`L_sup` again) | best |"))
+    assert f"{100 * delta:+.2f}".replace("-", "−") in shown and f"({control['mAP@10 Δ stage 1 wins']})" in shown
 
 
 def test_a_run_without_a_verdict_is_refused_and_a_readme_without_the_block_too():

@@ -33,7 +33,7 @@ LR_FIELDS = {"audio_encoder": "lr_audio_encoder", "text_encoder": "lr_text_encod
 
 
 def learning_rate(epoch: float, lr: float, config: Stage1Config) -> float:
-    """Spec 8's closed form: linear warmup, cosine from lr to min_lr, then constant min_lr.
+    """The closed form of method §8: linear warmup, cosine from lr to min_lr, then constant min_lr.
 
     ``epoch`` is fractional (current epoch + batch / batches per epoch), so the schedule moves per step.
     """
@@ -165,6 +165,25 @@ class RetrievalModule(pl.LightningModule):
     def _schedule(self, lr: float):
         steps = self.steps_per_epoch / self.config.accumulate_grad_batches
         return lambda step: learning_rate(step / steps, lr, self.config) / lr
+
+
+def manual_step(module: RetrievalModule, optimizer: torch.optim.Optimizer, batch: dict, cache: StepCache | None,
+                resolved_precision: str) -> torch.Tensor:
+    """One optimiser step as Lightning runs ``training_step`` on one CPU device, without a Trainer: autocast
+    (for ``resolved_precision``) around the forward pass only, then backward and the optimiser's step.
+
+    For the test that proves training learns and the benchmark that times notebook 01's step: both must
+    time and test the step training takes, not a copy of it.
+    """
+    dtype = precision.autocast_dtype(resolved_precision)
+    module.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        audio, text = module._embed(batch, cache, batch["idx"], batch["caption"])
+        loss = module.loss(module.model.logits(audio, text), batch)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def _gather_global_batch(audio, text, batch):

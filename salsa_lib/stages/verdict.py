@@ -292,7 +292,8 @@ def compact(table: pd.DataFrame, metric: str = "mAP@10") -> pd.DataFrame:
 
     rows = []
     for _, row in table.iterrows():
-        out = {"system": row["system"], "weights": row["weights"], "seeds": int(row["seeds"]) or "",
+        out = {"system": row["system"], "weights": "" if pd.isna(row["weights"]) else row["weights"],
+               "seeds": "" if pd.isna(row["seeds"]) else int(row["seeds"]) or "",
                metric: spread(row[f"{metric} mean"], row.get(f"{metric} std"))}
         for reference in ("stage 1", "control"):
             # stage 1 minus the control is the control's Δ stage 1 turned round: not a result of its own
@@ -304,7 +305,7 @@ def compact(table: pd.DataFrame, metric: str = "mAP@10") -> pd.DataFrame:
             out[f"multi {metric}"] = spread(row[f"multi {metric} mean"], row.get(f"multi {metric} std"))
         if "estimate AP" in row:
             auc, ap = row.get("estimate ROC-AUC"), row.get("estimate AP")
-            out["estimate ROC-AUC / AP"] = "" if pd.isna(ap) else f"{auc:.3g} / {ap:.3g}"
+            out["estimate ROC-AUC / AP"] = "" if pd.isna(ap) else f"{auc:.3f} / {ap:.3f}"
         rows.append(out)
     return pd.DataFrame(rows)
 

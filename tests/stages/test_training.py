@@ -16,7 +16,7 @@ from salsa_lib.data.splits import CAPTIONS_PER_CLIP, caption_clips
 from salsa_lib.errors import ConfigError, DataError, NonFiniteError
 from salsa_lib.stages import precision, run_folders
 from salsa_lib.stages.step_cache import StepCache
-from salsa_lib.stages.training import RetrievalModule, learning_rate
+from salsa_lib.stages.training import RetrievalModule, learning_rate, manual_step
 
 PAPER = Stage1Config(epochs=20, warmup_epochs=1.0, rampdown_start=1.0, rampdown_stop=15.0, min_lr=1e-7)
 
@@ -242,7 +242,7 @@ def test_training_learns_what_is_certain_to_be_learnable(tiny_stage1):
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     with torch.no_grad():  # the frozen text layers' states, stored once per run where training stores them
         cache = StepCache(None, module.model.text_encoder.frozen_states(CAPTIONS)) if config.text_step_cache else None
-    dtype = precision.autocast_dtype(precision.resolve(config.precision, "cpu"))  # as Lightning applies it
+    resolved = precision.resolve(config.precision, "cpu")  # as training resolves it on this CPU
     held_out = _one_second_of_each(np.random.default_rng(1))
     untrained = _retrieval(module, held_out)
 
@@ -251,13 +251,7 @@ def test_training_learns_what_is_certain_to_be_learnable(tiny_stage1):
         caption_ids = [CAPTIONS_PER_CLIP * clip + int(rng.integers(CAPTIONS_PER_CLIP)) for clip in range(len(SOUNDS))]
         batch = {"audio": _one_second_of_each(rng), "audio_length": torch.ones(len(SOUNDS)), "audio_idx": clip_ids,
                  "idx": torch.tensor(caption_ids), "caption": [CAPTIONS[j] for j in caption_ids]}
-        module.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            audio, text = module._embed(batch, cache, batch["idx"], batch["caption"])
-            loss = module.loss(module.model.logits(audio, text), batch)
-        loss.backward()
-        optimizer.step()
+        manual_step(module, optimizer, batch, cache, resolved)
         scheduler.step()
 
     trained = _retrieval(module, held_out)

@@ -199,7 +199,7 @@ def test_compact_verdict_reads_like_the_readme_table(tmp_path):
     compact = verdict.compact(verdict.verdict_from_files(tmp_path / "results", TRUTH_5)).set_index(["system", "weights"])
     row = compact.loc[("ensemble", "best")]
     assert row["mAP@10"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 (3/3)"
-    assert row["Δ control"] == "+2.00 ± 2.65 (2/3)" and row["estimate ROC-AUC / AP"] == "0.95 / 0.6"
+    assert row["Δ control"] == "+2.00 ± 2.65 (2/3)" and row["estimate ROC-AUC / AP"] == "0.950 / 0.600"
     stage1 = compact.loc[("i = j (stage 1)", "best")]
     assert stage1["Δ stage 1"] == "" and stage1["Δ control"] == ""  # the reference, not a result
     assert compact.loc[("chance", ""), "seeds"] == ""
