@@ -26,6 +26,7 @@ import torch
 
 from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
+from salsa_lib.stages import precision
 from salsa_lib.stages.correspondences import full_split_similarity, stack_teachers
 
 TARGET_GB = 2.0
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out_path, {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
         "python": sys.version.split()[0], "quick": args.quick, "repeats": 1,
         "what": "stack_teachers + full_split_similarity on random fp16 unit embeddings",
         "memory": "peak RSS added over the RSS just before (psutil, 5 ms polling)",

@@ -48,6 +48,7 @@ from salsa_lib import paths
 from salsa_lib.core.losses import contrastive_loss
 from salsa_lib.files import atomic_write_json
 from salsa_lib.profiles import PROFILES
+from salsa_lib.stages import precision
 
 TINY = PROFILES["tiny"].stage1  # the configuration notebook 01 trains on the tiny profile
 
@@ -122,8 +123,6 @@ def tiny_step_inputs(batch: int, seconds: float) -> tuple:
 
 
 def bench_tiny(batch: int, seconds: float, warmup: int, repeats: int, embed_batches: int) -> dict:
-    from salsa_lib.stages import precision
-
     config = TINY
     module, inputs, cache = tiny_step_inputs(batch, seconds)
     model, audio, lengths, captions = module.model, inputs["audio"], inputs["audio_length"], inputs["caption"]
@@ -201,7 +200,6 @@ def thread_use(batch: int, seconds: float, warmup: int, repeats: int) -> dict:
         "seconds_per_step_one_thread": round(alone[1], 4),
         "seconds_per_step_two_threads": round(alone[2], 4),
         "seconds_per_step_side_by_side": [round(t, 4) for t in pair],
-        "speedup_two_threads_vs_one": round(alone[1] / alone[2], 2),
         "throughput_pair_vs_two_threads": round(sum(1 / t for t in pair) * alone[2], 2),
     }
 
@@ -410,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": "cpu",
         "quick": args.quick, "warmup_steps": warmup, "repeats": args.repeats,
         "step": "one optimizer step: tiny as notebook 01 runs it, paper shapes in fp32 without caches (see each "

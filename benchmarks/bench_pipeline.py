@@ -104,21 +104,6 @@ def run_tracked(command: list[str], env: dict[str, str], interval: float, log, c
                          "peak_process_rss_mb": mb(peaks.get(pid, {}).get("single", 0))} for pid in kernel_order]}
 
 
-VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 and bf16 speed on x86
-
-
-def cpu_description(cpuinfo: Path = precision.CPUINFO) -> str:
-    """The CPU's model name and its vector extensions, e.g. 'AMD EPYC (avx2, avx512f, avx512_bf16)'."""
-    try:
-        names = [line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.lower().startswith("model name")]
-    except OSError:
-        names = []
-    flags = precision.cpu_flags(cpuinfo)
-    extensions = [flag for flag in VECTOR_FLAGS if flag in flags]
-    return f"{names[0] if names else platform.processor() or platform.machine()} ({', '.join(extensions) or 'no AVX2'})"
-
-
 def recorded_precisions(results: Path) -> list[str]:
     """The precision every trained run of a results folder recorded (absent in records of older code)."""
     found = [json.loads(p.read_text()).get("precision", "not recorded")
@@ -224,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{round(psutil.virtual_memory().total / 2**30, 1)} GiB, {platform.system()}",
-        "cpu": cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
         "python": sys.version.split()[0], "profile": args.profile, "quick": args.quick,
         "overrides": overrides, "commit": commit,
         "memory": f"peak summed RSS of run_all.sh's process tree while each notebook's kernel ran, "

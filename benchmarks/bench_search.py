@@ -34,6 +34,7 @@ import numpy as np
 from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
 from salsa_lib.search import retrieval, vector_index
+from salsa_lib.stages import precision
 
 TOP_K = 10
 TARGET = {"size": 1_000_000, "p50_ms": 10.0, "recall_at_10": 0.95, "index_gb": 2.0}
@@ -201,7 +202,9 @@ def main() -> None:
     indexing = bench_indexing(args.clips) if args.clips else None
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {platform.system()}", "numpy": np.__version__, "faiss": faiss.__version__,
+        f"{os.cpu_count()} cores, {platform.system()}", "cpu": precision.cpu_description(),
+        "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        "numpy": np.__version__, "faiss": faiss.__version__,
         "dim": args.dim, "queries": args.queries, "top_k": TOP_K, "kinds": args.kinds.split(","),
         "index": "ivf: IndexRefine(IndexIVFRaBitQFastScan(~sqrt(N) lists, nprobe), SQ8); flat: "
                  "IndexRefine(IndexRaBitQFastScan(1 bit, qb 8), SQ8); k_factor x top_k rows re-ranked",

@@ -282,7 +282,7 @@ def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | 
             sources[path.stem] = {"file": _shown(path), "error": str(err)}
             continue
         sources[path.stem] = {"file": _shown(path), "date": data.get("date"), "machine": data.get("machine"),
-                              "quick": data.get("quick", False), "data": data}
+                              "cpu": _cpu_kind(data), "quick": data.get("quick", False), "data": data}
         SUMMARISERS.get(path.stem, lambda d, r, q, n=path.stem: _summarise_generic(n, d, r))(data, rows, ratios)
     result = {
         "generated": time.strftime("%Y-%m-%d %H:%M"),
@@ -293,6 +293,13 @@ def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | 
     atomic_write_json(out_json, result)
     atomic_write_text(out_md, markdown(result))
     return result
+
+
+def _cpu_kind(data: dict) -> str:
+    """The CPU a file was measured on, with whether it computes bf16 natively: timings from the two kinds
+    differ by far more than any change measures (bf16 autocast is ~100x slower without it)."""
+    bf16 = {True: "computes bf16 natively", False: "no native bf16"}.get(data.get("cpu_native_bf16"))
+    return ", ".join(part for part in (data.get("cpu"), bf16) if part)
 
 
 def _cell(value) -> str:
@@ -313,7 +320,8 @@ def markdown(result: dict) -> str:
         if "error" in source:
             lines += [f"Could not read `{source['file']}`: {source['error']}", ""]
             continue
-        lines += [f"Measured {source['date']} on {source['machine']}" +
+        cpu = f" ({source['cpu']})" if source.get("cpu") else ""
+        lines += [f"Measured {source['date']} on {source['machine']}{cpu}" +
                   (" -- **quick run: sizes too small for the figures to mean anything**" if source["quick"] else "")
                   + f" (`{Path(source['file']).name}`).", ""]
         figures = [r for r in result["figures"] if r["benchmark"] == name]

@@ -22,7 +22,7 @@ def _load(name: str):
 FAKE = {
     "data": {"date": "2026-01-01", "machine": "fake, 2 cores", "clips": 10, "repeats": 3,
              "cache_read_crop_clips_per_s": 500.0, "librosa_load_crop_clips_per_s": 50.0,
-             "speedup_cache_vs_librosa": 10.0, "synthetic_default_generate_s": 1.5,
+             "synthetic_default_generate_s": 1.5,
              "synthetic_train_cache_build_s": 0.5},
     "search": {"date": "2026-01-01 10:00", "machine": "fake", "queries": 5, "top_k": 10, "dim": 8,
                "search": [{"kind": "random", "size": 1000, "exact": {"p50_ms": 8.0, "p95_ms": 9.0},
@@ -40,7 +40,7 @@ FAKE = {
                         "embed": {"batch": 32, "repeats": 5, "audio_clips_per_s": 100.0, "captions_per_s": 300.0}},
                "thread_use": {"precision": "32-true", "batch": 32, "clip_seconds": 5.0, "repeats": 3,
                               "seconds_per_step_one_thread": 0.6, "seconds_per_step_two_threads": 0.4,
-                              "seconds_per_step_side_by_side": [0.7, 0.7], "speedup_two_threads_vs_one": 1.5,
+                              "seconds_per_step_side_by_side": [0.7, 0.7],
                               "throughput_pair_vs_two_threads": 1.14},
                "paper_shapes": {"batch": 4, "clip_seconds": 30.0,
                                 "train": {"clips_per_s": 0.32, "seconds_per_step_median": 12.5,
@@ -48,6 +48,7 @@ FAKE = {
     "pipeline": {"date": "2026-01-01 10:00", "machine": "fake", "quick": True, "status": "ok",
                  "command": "./run_all.sh --profile tiny --force --quiet",
                  "notebooks": [{"notebook": "00_data", "seconds": 3.0, "peak_rss_mb": 700.0}],
+                 "cpu": "Fake EPYC (avx2)", "cpu_native_bf16": False,
                  "notebook_seconds_total": 3.0, "wall_s": 5.0, "peak_rss_mb": 700.0,
                  "target": {"wall_s": 600, "met": True}},
     "setup": {"date": "2026-01-01 10:00", "machine": "fake", "commit": "abc1234", "fresh_s": 90.0,
@@ -114,6 +115,9 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
         assert f"## {name}" in md
     assert "| cache vs librosa (throughput) | 10.0x |" in md
     assert "quick run" in md.split("## pipeline")[1]  # quick figures are flagged
+    # the CPU kind stands beside the figures measured on it, and only where the file records it
+    assert "on fake (Fake EPYC (avx2), no native bf16)" in md.split("## pipeline")[1].split("##")[0]
+    assert "(Fake EPYC" not in md.split("## setup")[1].split("##")[0]
     assert "Could not read" in md
 
 

@@ -16,7 +16,7 @@ def _load(name: str):  # benchmarks/ is a folder of scripts, not a package
     return module
 
 
-bench_pipeline, readme_verdict = _load("bench_pipeline"), _load("readme_verdict")
+readme_verdict = _load("readme_verdict")
 
 PIPELINE = paths.REPO_ROOT / "results" / "benchmarks" / "pipeline.json"
 
@@ -66,11 +66,3 @@ def test_a_run_without_a_verdict_is_refused_and_a_readme_without_the_block_too()
         readme_verdict.render(run)
     with pytest.raises(ValueError, match="no verdict block"):
         readme_verdict.replace_block("# README\nno block here\n", "x")
-
-
-def test_cpu_description_names_the_model_and_the_vector_extensions(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
-    assert bench_pipeline.cpu_description(cpuinfo) == "AMD EPYC 7B13 (avx2)"
-    cpuinfo.write_text("model name\t: Some CPU\nflags\t: avx2 avx512f avx512_bf16 amx_bf16\n")
-    assert bench_pipeline.cpu_description(cpuinfo) == "Some CPU (avx2, avx512f, avx512_bf16, amx_bf16)"

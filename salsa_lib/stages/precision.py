@@ -42,6 +42,21 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     return frozenset(flags)
 
 
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 and bf16 speed on x86
+
+
+def cpu_description(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name and its vector extensions, e.g. 'AMD EPYC (avx2, avx512f, avx512_bf16)':
+    the CPU kind a timing must be read with."""
+    try:
+        names = [line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.lower().startswith("model name")]
+    except OSError:
+        names = []
+    extensions = [flag for flag in VECTOR_FLAGS if flag in cpu_flags(cpuinfo)]
+    return f"{names[0] if names else platform.processor() or platform.machine()} ({', '.join(extensions) or 'no AVX2'})"
+
+
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """Whether this CPU computes bf16 natively (Apple silicon, without /proc/cpuinfo, is taken as not)."""
     return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)

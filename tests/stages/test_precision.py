@@ -112,3 +112,11 @@ def test_announce_resolves_every_time_and_prints_once(monkeypatch, capsys):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert [precision.announce("auto", "cpu") for _ in range(2)] == ["32-true", "32-true"]
     assert capsys.readouterr().out.count("auto -> 32-true") <= 1
+
+
+def test_cpu_description_names_the_model_and_the_vector_extensions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
+    assert precision.cpu_description(cpuinfo) == "AMD EPYC 7B13 (avx2)"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t: avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert precision.cpu_description(cpuinfo) == "Some CPU (avx2, avx512f, avx512_bf16, amx_bf16)"
