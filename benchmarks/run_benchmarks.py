@@ -297,7 +297,7 @@ def aggregate(bench_dir: Path, out_json: Path, out_md: Path, runs: list[dict] | 
 
 def _cpu_kind(data: dict) -> str:
     """The CPU a file was measured on, with whether it computes bf16 natively: timings from the two kinds
-    differ by far more than any change measures (bf16 autocast is ~100x slower without it)."""
+    are not comparable (without it bf16 autocast is emulated, tens of times slower than fp32)."""
     bf16 = {True: "computes bf16 natively", False: "no native bf16"}.get(data.get("cpu_native_bf16"))
     return ", ".join(part for part in (data.get("cpu"), bf16) if part)
 
