@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out_path, {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        **precision.cpu_record(),
         "python": sys.version.split()[0], "quick": args.quick, "repeats": 1,
         "what": "stack_teachers + full_split_similarity on random fp16 unit embeddings",
         "memory": "peak RSS added over the RSS just before (psutil, 5 ms polling)",

@@ -67,8 +67,7 @@ def main() -> None:
     source_rate = n / statistics.median(source_times)
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores", "cpu": precision.cpu_description(),
-        "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        f"{os.cpu_count()} cores", **precision.cpu_record(),
         "clips": n, "repeats": args.repeats,
         "synthetic_default_generate_s": round(generate_s, 2),
         "synthetic_train_cache_build_s": round(cache_s, 2),

@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        **precision.cpu_record(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": "cpu",
         "quick": args.quick, "warmup_steps": warmup, "repeats": args.repeats,
         "step": "one optimizer step: tiny as notebook 01 runs it, paper shapes in fp32 without caches (see each "

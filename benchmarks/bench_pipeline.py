@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{round(psutil.virtual_memory().total / 2**30, 1)} GiB, {platform.system()}",
-        "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        **precision.cpu_record(),
         "python": sys.version.split()[0], "profile": args.profile, "quick": args.quick,
         "overrides": overrides, "commit": commit,
         "memory": f"peak summed RSS of run_all.sh's process tree while each notebook's kernel ran, "

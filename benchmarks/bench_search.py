@@ -202,8 +202,7 @@ def main() -> None:
     indexing = bench_indexing(args.clips) if args.clips else None
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {platform.system()}", "cpu": precision.cpu_description(),
-        "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        f"{os.cpu_count()} cores, {platform.system()}", **precision.cpu_record(),
         "numpy": np.__version__, "faiss": faiss.__version__,
         "dim": args.dim, "queries": args.queries, "top_k": TOP_K, "kinds": args.kinds.split(","),
         "index": "ivf: IndexRefine(IndexIVFRaBitQFastScan(~sqrt(N) lists, nprobe), SQ8); flat: "

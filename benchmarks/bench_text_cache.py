@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds where uncached is better": f"{int((paired > 0).sum())}/{len(paired)}"}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-              "cpu": precision.cpu_description(), "cpu_native_bf16": precision.cpu_has_native_bf16(),
+              **precision.cpu_record(),
               "python": sys.version.split()[0], "precision": precision.resolve(args.precision, "cpu"),
               "what": "tiny-profile stage-1 members trained with and without the text step cache; test split, "
                       "best-validation weights", "variants": variants, "summary": summary}

@@ -165,6 +165,7 @@ def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
     from salsa_lib.stages import precision
 
     tiny = models["tiny"]["train"]
+    assert {k: models[k] for k in ("cpu", "cpu_native_bf16")} == precision.cpu_record()  # timings name the CPU
     assert tiny["precision"] == precision.resolve("auto", "cpu")  # the tiny profile's precision on this CPU
     assert "notebook 01" in tiny["step"] and "step caches" in tiny["step"] and tiny["precision"] in tiny["step"]
     summary = json.loads((tmp_path / "results" / "benchmarks.json").read_text())

@@ -62,6 +62,11 @@ def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
 
 
+def cpu_record() -> dict:
+    """What a benchmark file stores so its timings are read with the CPU kind they were measured on."""
+    return {"cpu": cpu_description(), "cpu_native_bf16": cpu_has_native_bf16()}
+
+
 def uses_gpu(accelerator: str) -> bool:
     """Lightning's rule for ``accelerator``: gpu, or auto on a machine with CUDA."""
     return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
