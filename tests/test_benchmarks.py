@@ -205,3 +205,13 @@ def test_correspondence_benchmark_quick_run_writes_its_figures(tmp_path, monkeyp
     assert run["teachers"] == 2 and run["captions"] == 5 * run["clips"] == 1500
     assert run["result_gb"] == round(300 * 1500 * 4 / 1e9, 3)  # how PeakRSS measures: the test above
     assert written["quick"] is True and written["target"]["met"] is None
+
+
+def test_the_worker_memory_of_the_plan_covers_the_stored_measurement():
+    """parallel_runs.WORKER_MEMORY_MB quotes the largest process of notebooks 01 and 03 in the stored pipeline
+    run, with a margin: a re-measured run that needs more makes this fail until the figure follows."""
+    from salsa_lib.stages import parallel_runs
+
+    stored = json.loads((BENCH_DIR.parent / "results" / "benchmarks" / "pipeline.json").read_text())
+    peak = max(n["peak_process_rss_mb"] for n in stored["notebooks"] if n["notebook"][:2] in ("01", "03"))
+    assert 1.2 * peak <= parallel_runs.WORKER_MEMORY_MB <= 1.5 * peak

@@ -8,6 +8,7 @@ it and a bf16 matmul runs ~100 times slower than fp32, so those CPUs train in fp
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import platform
 from pathlib import Path
@@ -89,6 +90,16 @@ def resolve(precision: str, accelerator: str, native_bf16: bool | None = None) -
     return CPU_BF16_PRECISION if native_bf16 else CPU_FP32_PRECISION
 
 
+def as_trained(identity: dict) -> dict:
+    """A run's identity with ``precision`` as it trains here (``auto`` resolved by ``resolve``).
+
+    "auto" names a rule, not a precision: recorded as such, a member trained in bf16 on one machine
+    would be reused, or resumed from its last checkpoint, in fp32 on another. Recording what ``auto``
+    became makes a change of resolved precision a change of the run, which retrains it.
+    """
+    return {**identity, "precision": resolve(identity["precision"], identity.get("accelerator", "auto"))}
+
+
 def reason(resolved: str) -> str:
     """Why ``auto`` chose ``resolved``, in words for the log."""
     told = os.environ.get(NATIVE_BF16_ENV)
@@ -101,7 +112,8 @@ def reason(resolved: str) -> str:
 
 
 def announce(precision: str, accelerator: str) -> str:
-    """``resolve`` for this machine, printed once per process and outcome (the reader sees what ran).
+    """``resolve`` for this machine, printed once per notebook process and outcome (the reader sees what
+    ran; worker processes, which resolve the same, stay silent).
 
     Resolved at every call: only the printing is remembered, so a changed answer is never stale.
     """
@@ -112,6 +124,8 @@ def announce(precision: str, accelerator: str) -> str:
 
 @functools.cache
 def _print_once(precision: str, resolved: str) -> None:
+    if multiprocessing.parent_process() is not None:  # a worker of parallel_runs: its parent said it
+        return
     origin = f"auto -> {resolved} ({reason(resolved)})" if precision == AUTO else f"{resolved} (set explicitly)"
     print(f"training precision: {origin}", flush=True)
 

@@ -27,11 +27,10 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True,
     data_sources.load_splits(data, splits=("train", "val"), progress=progress)  # audio caches built once, here
     if config.pretrain_clips and pretrained is None:
         pretrained = pretraining.pretrain_or_reuse(config, data, progress, force)
-    workers, threads = parallel_runs.plan_workers(config, config.members)
+    workers, threads, _ = plan = parallel_runs.plan_workers(config, config.members)
     if progress:
         precision.announce(config.precision, config.accelerator)
-        if workers > 1:
-            print(f"training {config.members} members in {workers} processes, {threads} thread(s) each", flush=True)
+        print(parallel_runs.describe(plan, config.members, "members"), flush=True)
     jobs = [(config, data, k, progress and workers == 1, pretrained, force) for k in range(config.members)]
     records = parallel_runs.run_all(_member_job, jobs, workers, threads, announce_finished if progress and workers > 1 else None)
     atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
@@ -55,7 +54,9 @@ def train_member(config: Stage1Config, member: int, train, val, progress: bool =
     params = {**config.to_params(), "seed": config.seed + member}
     # the data are part of the run's identity: a regenerated data set must not reuse old members;
     # how many runs shared the machine is not (it changes no result beyond rounding)
-    run = {**runs.identity(params), "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
+    # as is the precision it trains in (auto resolved here, so another machine never reuses it as its own)
+    run = {**precision.as_trained(runs.identity(params)),
+           "data": {"train": split_fingerprint(train), "val": split_fingerprint(val)}}
     if pretrained is not None:  # and so are the pretrained weights it starts from
         run["pretrained_audio_sha256"] = pretrained["checkpoint_sha256"]
 

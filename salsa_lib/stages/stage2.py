@@ -105,11 +105,10 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: 
     if "truth" in config.teacher_kinds:
         _train_truth(data, splits["train"])  # refused here, before any run starts, when it cannot be had
     planned = planned_runs(config)
-    workers, threads = parallel_runs.plan_workers(config, len(planned))
+    workers, threads, _ = plan = parallel_runs.plan_workers(config, len(planned))
     if progress:
         precision.announce(config.precision, config.accelerator)
-        if workers > 1:
-            print(f"training {len(planned)} students in {workers} processes, {threads} thread(s) each", flush=True)
+        print(parallel_runs.describe(plan, len(planned), "students"), flush=True)
     jobs = [(config, data, run, progress and workers == 1, force) for run in planned]
     records = parallel_runs.run_all(_student_job, jobs, workers, threads,
                                     announce_finished if progress and workers > 1 else None)
@@ -149,7 +148,8 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
     init_checkpoint = runs.checkpoint(init_folder)
     verified = {f.name: p["checkpoint_sha256"] for f, p in zip(teachers, payloads)}  # hashed by load_embeddings
     grid = {"teachers", "students", "seed", "sup_weight", "distill_weight"}
-    record = {**{k: v for k, v in runs.identity(config.to_params()).items() if k not in grid}, **asdict(run),
+    identity = precision.as_trained(runs.identity(config.to_params()))  # the precision it trains in, not "auto"
+    record = {**{k: v for k, v in identity.items() if k not in grid}, **asdict(run),
               "teacher_members": [f.name for f in teachers] or (["truth"] if run.teachers == "truth" else []),
               "teacher_checkpoints": [p["checkpoint_sha256"] for p in payloads],
               "init_checkpoint": verified.get(init_folder.name) or file_digest(init_checkpoint),

@@ -17,21 +17,47 @@ def _config(**changes):
     return SimpleNamespace(**{**fields, **changes})
 
 
+PLENTY = 64 * 2 ** 30  # memory enough for any plan below
+GB = 10 ** 9
+
+
+def _plan(config, n_runs, cores, memory=PLENTY):
+    return tuple(parallel_runs.plan_workers(config, n_runs=n_runs, cores=cores, memory_bytes=memory)[:2])
+
+
 def test_one_process_per_core_at_most_one_per_run():
-    assert parallel_runs.plan_workers(_config(), n_runs=3, cores=2) == (2, 1)
-    assert parallel_runs.plan_workers(_config(), n_runs=9, cores=16) == (9, 1)
-    assert parallel_runs.plan_workers(_config(), n_runs=3, cores=16) == (3, 5)
-    assert parallel_runs.plan_workers(_config(), n_runs=1, cores=2) == (1, 2)
+    assert _plan(_config(), n_runs=3, cores=2) == (2, 1)
+    assert _plan(_config(), n_runs=9, cores=16) == (9, 1)
+    assert _plan(_config(), n_runs=3, cores=16) == (3, 5)
+    assert _plan(_config(), n_runs=1, cores=2) == (1, 2)
 
 
 def test_parallel_runs_caps_the_workers_and_one_keeps_them_in_process():
-    assert parallel_runs.plan_workers(_config(parallel_runs=1), n_runs=3, cores=2) == (1, 2)
-    assert parallel_runs.plan_workers(_config(parallel_runs=2), n_runs=9, cores=16) == (2, 8)
+    assert _plan(_config(parallel_runs=1), n_runs=3, cores=2) == (1, 2)
+    assert _plan(_config(parallel_runs=2), n_runs=9, cores=16) == (2, 8)
 
 
 def test_gpu_and_ddp_runs_stay_in_this_process():
-    assert parallel_runs.plan_workers(_config(accelerator="gpu"), n_runs=3, cores=16) == (1, 16)
-    assert parallel_runs.plan_workers(_config(devices=2), n_runs=3, cores=16) == (1, 16)
+    assert _plan(_config(accelerator="gpu"), n_runs=3, cores=16) == (1, 16)
+    assert _plan(_config(devices=2), n_runs=3, cores=16) == (1, 16)
+    assert "GPU" in parallel_runs.plan_workers(_config(accelerator="gpu"), 3, cores=16, memory_bytes=PLENTY).why
+
+
+def test_workers_fit_the_available_memory_and_the_line_says_why():
+    per_run = parallel_runs.WORKER_MEMORY_MB * 2 ** 20
+    laptop = parallel_runs.plan_workers(_config(), n_runs=9, cores=8, memory_bytes=16 * 2 ** 30)  # 8 cores, 16 GB
+    assert laptop.workers == 16 * 2 ** 30 // per_run < 8 and laptop.workers * per_run <= 16 * 2 ** 30
+    assert laptop.threads == 8 // laptop.workers
+    line = parallel_runs.describe(laptop, 9, "students")
+    assert line.startswith(f"training 9 students in {laptop.workers} processes, {laptop.threads} threads each")
+    assert "8 cores" in line and "16.0 GiB available" in line and "limited by memory" in line
+    # memory for one run only: the runs stay in this process, on every core
+    small = parallel_runs.plan_workers(_config(), n_runs=9, cores=8, memory_bytes=per_run + 1)
+    assert small[:2] == (1, 8) and "one after the other on 8 threads" in parallel_runs.describe(small, 9, "students")
+    # never below one worker, even when the memory looks short
+    assert _plan(_config(), n_runs=3, cores=2, memory=10 ** 6) == (1, 2)
+    roomy = parallel_runs.plan_workers(_config(), n_runs=3, cores=2, memory_bytes=PLENTY)
+    assert roomy.workers == 2 and "limited by cores" in roomy.why
 
 
 def test_in_process_runs_keep_their_order_and_announce_each():
@@ -73,10 +99,11 @@ def test_members_trained_in_two_processes_equal_those_trained_in_one(tiny_home, 
     assert [r["precision"] for r in sequential] == ["32-true", "32-true"]  # resolved, and recorded
 
     parallel = config.replace(parallel_runs=0, precision="32-true")  # workers resolve nothing injected
-    assert stage1.train_members(parallel, data, progress=False)["seed"].tolist() == [409194, 409195]
+    # auto recorded as what it resolved to: the same run as an explicit 32-true, so force to train again
+    assert stage1.train_members(parallel, data, progress=False, force=True)["seed"].tolist() == [409194, 409195]
     for k in range(2):
         record = json.loads((runs.member_dir("test", k) / runs.RECORD).read_text())
-        assert record["run"] != sequential[k]["run"] and "parallel_runs" not in record["run"]
+        assert record["run"] == sequential[k]["run"] and "parallel_runs" not in record["run"]
         again = torch.load(runs.checkpoint(runs.member_dir("test", k)), weights_only=True)["state_dict"]
         assert again.keys() == weights[k].keys()
         for name, tensor in weights[k].items():  # one thread instead of two: the same run up to rounding

@@ -146,3 +146,66 @@ def test_regenerated_data_retrain_the_member(tiny_home, tiny_stage1):
     data_sources.save_data_config(data)
     _train(tiny_stage1)
     assert (runs.stage1_dir("test") / ".previous" / "member0-1" / "run.json").exists()
+
+
+def _recording_fit(trained: list, crash: bool = False):
+    """A stand-in for training: notes the precision of the run it was given and writes its checkpoints
+    (``crash``: only last.ckpt, then fails, as an interrupted run leaves it)."""
+    def fit(module, folder, *args, **kwargs):
+        trained.append(module.hparams["run"]["precision"])
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in ("last",) if crash else ("last", "best"):
+            torch.save({"hyper_parameters": dict(module.hparams)}, folder / "checkpoints" / f"{name}.ckpt")
+        if crash:
+            raise RuntimeError("simulated crash")
+        return {"best_epoch": 0, "val": {"mAP@10": 0.5, "R@1": 0.5, "R@5": 0.5, "R@10": 0.5},
+                "precision": module.hparams["run"]["precision"]}
+    return fit
+
+
+def test_a_change_of_resolved_precision_retrains_the_member(tiny_home, tiny_stage1, monkeypatch):
+    """precision "auto" is recorded as what it resolved to: bf16 on one machine is not fp32 on another."""
+    trained = []
+    monkeypatch.setattr(stage1, "fit", _recording_fit(trained))
+    folder = runs.member_dir("test", 0)
+    monkeypatch.setenv("SALSA_CPU_BF16", "1")  # the capability answer, as a CPU with native bf16 gives it
+    _train(tiny_stage1)
+    assert json.loads((folder / runs.RECORD).read_text())["run"]["precision"] == "bf16-mixed"
+    monkeypatch.setenv("SALSA_CPU_BF16", "0")  # a CPU without it: the bf16 member is not reused
+    _train(tiny_stage1)
+    assert trained == ["bf16-mixed", "32-true"]
+    assert json.loads((folder / runs.RECORD).read_text())["run"]["precision"] == "32-true"
+    kept = runs.stage1_dir("test") / ".previous" / "member0-1"
+    assert json.loads((kept / runs.RECORD).read_text())["run"]["precision"] == "bf16-mixed"  # moved aside
+    _train(tiny_stage1)  # same machine answer again: reused
+    assert trained == ["bf16-mixed", "32-true"]
+
+
+def test_an_interrupted_member_never_resumes_under_another_precision(tiny_home, tiny_stage1, monkeypatch):
+    trained = []
+    folder = runs.member_dir("test", 0)
+    monkeypatch.setenv("SALSA_CPU_BF16", "1")
+    monkeypatch.setattr(stage1, "fit", _recording_fit(trained, crash=True))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(tiny_stage1)
+    assert (folder / "checkpoints" / "last.ckpt").exists() and not (folder / runs.RECORD).exists()
+    monkeypatch.setenv("SALSA_CPU_BF16", "0")
+    monkeypatch.setattr(stage1, "fit", _recording_fit(trained))
+    _train(tiny_stage1)
+    kept = runs.stage1_dir("test") / ".previous" / "member0-1" / "checkpoints" / "last.ckpt"
+    assert torch.load(kept, weights_only=True)["hyper_parameters"]["run"]["precision"] == "bf16-mixed"
+    assert trained == ["bf16-mixed", "32-true"]  # the fp32 run started afresh, beside nothing of the bf16 one
+    assert json.loads((folder / runs.RECORD).read_text())["run"]["precision"] == "32-true"
+
+
+def test_a_rerun_on_the_same_machine_and_threads_is_bit_identical(tiny_home, tiny_stage1):
+    """What the README promises for a rerun: same machine kind, same core count, same plan -> same bits."""
+    _train(tiny_stage1.replace(precision="32-true"))
+    first = torch.load(runs.checkpoint(runs.member_dir("test", 0)), weights_only=True)["state_dict"]
+    record = json.loads((runs.member_dir("test", 0) / runs.RECORD).read_text())
+    _train(tiny_stage1.replace(precision="32-true"), force=True)
+    again = torch.load(runs.checkpoint(runs.member_dir("test", 0)), weights_only=True)["state_dict"]
+    assert again.keys() == first.keys()
+    for name, tensor in first.items():
+        assert torch.equal(again[name], tensor), name  # exact, not close
+    assert json.loads((runs.member_dir("test", 0) / runs.RECORD).read_text())["val"] == record["val"]

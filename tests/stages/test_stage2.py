@@ -56,6 +56,12 @@ def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypat
 
     monkeypatch.setattr(stage2, "fit", no_training)
     assert stage2.train(config, data, progress=False)[0]["run"] == record["run"]  # reused
+    # the run is keyed by the precision it trained in, not by "auto": another answer trains it again
+    assert record["run"]["precision"] == record["precision"] != "auto"
+    other = "bf16-mixed" if record["precision"] == "32-true" else "32-true"
+    monkeypatch.setenv("SALSA_CPU_BF16", "1" if other == "bf16-mixed" else "0")
+    with pytest.raises(AssertionError, match="trained again"):
+        stage2.train(config, data, progress=False)
 
 
 def test_paired_grid_self_control_and_truth(trained):
