@@ -11,7 +11,7 @@ import soundfile as sf
 from salsa_lib.config import DataConfig
 from salsa_lib.data import data_sources
 
-README = Path(__file__).resolve().parent.parent.parent / "README.md"
+OWN_DATA = Path(__file__).resolve().parent.parent.parent / "docs" / "own-data.md"
 
 
 def _custom_set_with_a_missing_clip(root: Path) -> None:
@@ -31,7 +31,7 @@ def test_the_readme_names_where_skipped_custom_clips_are_listed(tmp_path, monkey
     config = DataConfig(dataset="custom", data_root=str(root), skip_bad_clips=True)
     data_sources.load_splits(config, splits=("train",), progress=False)
 
-    section = README.read_text().split("## Your own data")[1]
+    section = OWN_DATA.read_text().split("## Laying out a data set")[1]
     stated = re.search(r"`(data/cache/[^`]*_skipped\.csv)`", section)[1]
     # the README's recipe for <hash>: the first 8 hex digits of the SHA-1 of the root's absolute path
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
