@@ -19,7 +19,7 @@ GRID_LISTING = "grid.json"  # stage 2: the runs of the latest grid (older folder
 RECORD = "run.json"  # every training run's record: its parameters, data fingerprints, metrics
 # which weights of a training run are scored, and how metrics.csv names them
 WEIGHTS = {"best": "best val mAP@10 (our model selection)",
-           "last": "last epoch (what the original's test numbers used; method §12 item 8)"}
+           "last": "last epoch (what the original script tests after training; method §10.1, §12 item 8)"}
 
 
 # training fields that say how a run was scheduled on the machine, not what it computes: left out

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from scipy import stats
 
 from salsa_lib.core import metrics
 from salsa_lib.errors import DataError
@@ -89,6 +90,14 @@ def test_paired_table_from_files(tmp_path):
     assert best.loc["ensemble", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())
     assert best.loc["ensemble", "mAP@10 Δ control std"] == pytest.approx(diff.std(ddof=1))
     assert best.loc["ensemble", "mAP@10 Δ control wins"] == "2/3"
+    # the 95 % paired t interval, against scipy's one-sample t test of the differences
+    low, high = verdict.ci_columns("mAP@10", "control")
+    expected = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
+    assert (best.loc["ensemble", low], best.loc["ensemble", high]) == pytest.approx((expected.low, expected.high))
+    assert "paired t" in low and "95%" in high
+    multi_low, _ = verdict.ci_columns("multi mAP@10", "stage 1")
+    multi = np.subtract(np.multiply(2, values["ensemble"]), np.add((0.30, 0.20, 0.25), 0.1))
+    assert best.loc["ensemble", multi_low] == pytest.approx(stats.ttest_1samp(multi, 0.0).confidence_interval().low)
     assert best.loc["ensemble", "multi mAP@10 Δ control mean"] == pytest.approx(2 * diff.mean())
     # the paired difference to the initial member: its best weights, where the student started
     from_member = np.subtract(values["ensemble"], (0.30, 0.20, 0.25))
@@ -141,16 +150,90 @@ def test_verdict_in_words_says_what_the_table_holds(tmp_path):
     rows, kinds = _grid_rows(values, last_offset=0.05)
     _write_results(tmp_path / "results", rows, kinds)
     _quality(tmp_path / "results")
-    words = verdict.in_words(verdict.verdict_from_files(tmp_path / "results", TRUTH_5))
-    best, last, scale = words.split("\n\n")
+    table = verdict.verdict_from_files(tmp_path / "results", TRUTH_5)
+    words = verdict.in_words(table)
+    best, last, scale, conclusion = words.split("\n\n")
     assert best.startswith("**Best-validation weights") and last.startswith("**Last-epoch weights")
-    # ensemble - control per student: +0.03, -0.01, +0.04 -> mean 2.00, sample std 2.65; 2 of 3 ahead
-    assert ("- ensemble: 28.67 ± 7.09 % (n = 3); against the member it started from +3.67 ± 2.31 points, "
-            "3 of 3 students ahead; against the control +2.00 ± 2.65 points (within one std of zero), "
-            "2 of 3 students ahead.") in best
-    # last weights: every model + 0.05; the initial member is always its best weights
-    assert "- control: 31.67 ± 5.03 % (n = 3); against the member it started from +6.67 ± 0.58 points" in last
+    assert "paper reports" not in words  # the README does not say which weights it reports (method §10.1)
+    # ensemble - control per student: +0.03, -0.01, +0.04 -> mean 2.00, sample std 2.65, t(0.975, 2) = 4.30:
+    # the interval [-4.57, +8.57] holds zero; ensemble - member: +0.05, +0.01, +0.05 -> [-2.07, +9.40]
+    assert ("- ensemble: n = 3. On mAP@10, 28.67 ± 7.09 %; against the member it started from +3.67 ± 2.31 points, "
+            "95 % CI [−2.07, +9.40], 3 of 3 students ahead (not told from zero); against the control +2.00 ± 2.65 "
+            "points, 95 % CI [−4.57, +8.57], 2 of 3 students ahead (not told from zero).") in best
+    # multi mAP@10 (2 x mAP@10 here) is said the same way: its differences, intervals and calls
+    # (members' multi = mAP@10 + 0.1): ensemble - member +0.30, +0.12, +0.25 -> 22.33 ± 9.29, [−0.75, +45.41]
+    assert ("On multi mAP@10, 57.33 ± 14.19 %; against the member it started from +22.33 ± 9.29 points, "
+            "95 % CI [−0.75, +45.41], 3 of 3 students ahead (not told from zero); against the "
+            "control +4.00 ± 5.29 points, 95 % CI [−9.14, +17.14], 2 of 3 students ahead (not told from zero).") in best
+    # last weights: every model + 0.05, the initial member always its best weights: the same spread, shifted
+    # by 5 points, so the difference to the member is now told from zero
+    assert ("- ensemble: n = 3. On mAP@10, 33.67 ± 7.09 %; against the member it started from +8.67 ± 2.31 points, "
+            "95 % CI [+2.93, +14.40], 3 of 3 students ahead (a gain, its interval above zero)") in last
+    assert "- i = j (stage 1): n = 3. On mAP@10, 25.00 ± 5.00 %. On multi mAP@10, 35.00 ± 5.00 %." in best
+    assert "within one std" not in words
     assert scale.startswith("For scale: chance ")
+    assert conclusion == verdict.conclusion(table)
+
+
+def test_a_difference_is_a_finding_only_when_its_interval_excludes_zero():
+    def table(deltas, wins="3/3", multi=(0.0, 0.01)):
+        mean, std = deltas
+        row = {"system": "ensemble", "weights": "best", "seeds": 3, "mAP@10 mean": 0.3, "mAP@10 std": 0.01,
+               "multi mAP@10 mean": 0.3, "multi mAP@10 std": 0.01}
+        for metric, (m, s) in (("mAP@10", (mean, std)), ("multi mAP@10", multi)):
+            for reference in ("stage 1", "control"):
+                row.update({f"{metric} Δ {reference} mean": m, f"{metric} Δ {reference} std": s,
+                            f"{metric} Δ {reference} wins": wins})
+        return pd.DataFrame([row])  # stored aggregates: no interval columns, computed from mean, std and n
+
+    half = stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3)  # 2.48 points with n = 3 and std 1 point
+    assert 0.024 < half < 0.03
+    ahead = verdict.in_words(table((0.03, 0.01)))  # mean 3 points > half: the interval lies above zero
+    assert "+3.00 ± 1.00 points, 95 % CI [+0.52, +5.48]" in ahead and "(a gain, its interval above zero)" in ahead
+    assert "helps beyond training longer (ensemble on mAP@10)" in ahead
+    inside = verdict.in_words(table((0.024, 0.01)))  # mean 2.4 points < half: the interval holds zero
+    assert "95 % CI [−0.08, +4.88]" in inside and "a gain" not in inside
+    assert "cannot tell whether distilling estimated correspondences helps beyond training longer" in inside
+    behind = verdict.conclusion(table((0.0, 0.01), multi=(-0.03, 0.01)))
+    assert "ensemble behind on multi mAP@10" in behind and "does worse than training longer (ensemble on multi mAP@10)" in behind
+    single = verdict.in_words(table((0.02, np.nan), wins="1/1"))  # one student: no spread, no interval
+    assert "+2.00 points, 95 % CI n/a, 1 of 1 students ahead (no interval with one student)" in single
+    assert verdict.compact(table((0.02, np.nan), wins="1/1")).loc[0, "Δ control"] == "+2.00 [n/a] (1/1)"
+    with pytest.raises(ValueError, match=r"verdict row 'ensemble' \(best\): wins 'three' is not 'ahead/n'"):
+        verdict.in_words(table((0.02, 0.01), wins="three"))
+
+
+def test_intervals_from_stored_aggregates_equal_those_from_the_students(tmp_path):
+    """The README's run stores mean, std and wins only: the intervals computed from them are the table's."""
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30), "truth": (0.36, 0.25, 0.31)}
+    rows, kinds = _grid_rows(values, last_offset=0.05)
+    _write_results(tmp_path / "results", rows, kinds)
+    table = verdict.verdict_from_files(tmp_path / "results", TRUTH_5)
+    intervals = [c for c in table if "95% CI" in c]
+    assert len(intervals) == 2 * 2 * 2  # two metrics, two references, low and high
+    stored = table.drop(columns=intervals).astype(object).where(table.drop(columns=intervals).notna(), None)
+    rebuilt = verdict.with_intervals(pd.DataFrame(stored.to_dict("records")))
+    pd.testing.assert_frame_equal(rebuilt[intervals].astype(float), table[intervals], check_exact=False)
+    assert verdict.in_words(pd.DataFrame(stored.to_dict("records"))) == verdict.in_words(table)
+    assert verdict.compact(pd.DataFrame(stored.to_dict("records"))).equals(verdict.compact(table))
+
+
+def test_the_conclusion_answers_against_stage_1_and_the_control_on_both_metrics(tmp_path):
+    values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30), "truth": (0.36, 0.25, 0.31)}
+    rows, kinds = _grid_rows(values, last_offset=0.05)
+    _write_results(tmp_path / "results", rows, kinds)
+    conclusion = verdict.conclusion(verdict.verdict_from_files(tmp_path / "results", TRUTH_5))
+    assert conclusion.startswith("**Conclusion** (best-validation weights, n = 3 paired students per kind")
+    # truth - control: +0.04, +0.03, +0.05 -> [+1.52, +6.48]; ensemble - control holds zero
+    assert ("Against the control (the same second training on L_sup alone), in points with 95 % CI: on mAP@10 "
+            "ensemble +2.00 [−4.57, +8.57], truth +4.00 [+1.52, +6.48]; on multi mAP@10 ensemble +4.00 [−9.14, +17.14], "
+            "truth +8.00 [+3.03, +12.97]; told from zero: truth ahead on mAP@10 and truth ahead on multi mAP@10.") in conclusion
+    assert "Against the member each student started from, in points with 95 % CI: on mAP@10 control +1.67" in conclusion
+    # the truth is no estimate: the question is answered from the ensemble alone
+    assert ("So this run cannot tell whether distilling estimated correspondences helps beyond training longer: "
+            "against the control every interval of ensemble includes zero, on both metrics.") in conclusion
+    assert conclusion.endswith("With the last-epoch weights the calls differ: ensemble against the member it started "
+                               "from on mAP@10 is a gain, its interval above zero.")
 
 
 def test_paired_differences_are_what_the_table_averages_and_the_figure_draws_every_seed(tmp_path):
@@ -175,20 +258,41 @@ def test_paired_differences_are_what_the_table_averages_and_the_figure_draws_eve
     assert student[("ensemble", "last", "stage 1", 1)] == pytest.approx(0.21 + 0.05 - 0.20)  # vs the member's best
 
     fig = verdict.plot_verdict(table, seeds)
-    left, middle, right = fig.axes
+    left, left_labels, middle, middle_labels, right, right_labels = fig.axes
     from matplotlib.collections import PathCollection
 
     def hollow(ax):  # the points drawn by scatter: one per seed or student
         return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
 
+    def error_bars(ax):  # (x from, x to) of every horizontal error bar, bottom to top of the drawing order
+        return [tuple(sorted((seg[0][0], seg[1][0]))) for container in ax.containers
+                for collection in container.lines[2] for seg in collection.get_segments()]
+
     assert hollow(left) == 4 * 2 * 3  # every seed of 4 systems, both weights
     assert hollow(middle) == 3 * 2 * 3 and hollow(right) == 2 * 2 * 3  # stage 1 and the control have no Δ to themselves
     assert [t.get_text() for t in left.get_yticklabels()] == ["i = j (stage 1)", "control", "ensemble", "truth"]
+    # the error bars are the table's 95 % paired t intervals, in points
+    low, high = verdict.ci_columns("mAP@10", "control")
+    expected = sorted((100 * by_row.loc[key, low], 100 * by_row.loc[key, high])
+                      for key in [("ensemble", "best"), ("ensemble", "last"), ("truth", "best"), ("truth", "last")])
+    assert np.allclose(sorted(error_bars(right)), expected)
+    ensemble = 100 * np.array([0.35, 0.21, 0.30])  # left: the t interval of each system's mean over its seeds
+    interval = stats.ttest_1samp(ensemble, 0.0).confidence_interval()
+    assert np.allclose(error_bars(left)[4], (interval.low, interval.high))  # 3rd system, best weights
+    # the labels stand beside the panels, outside the data: no number is written inside a panel
+    assert all(not any(ch.isdigit() for ch in t.get_text()) for ax in (left, middle, right) for t in ax.texts)
+    assert any(t.get_text() == f"{interval.low + (interval.high - interval.low) / 2:.2f} "
+               f"[+{interval.low:.2f}, +{interval.high:.2f}]" for t in left_labels.texts)
+    assert any(t.get_text().endswith("3/3 ahead") for t in middle_labels.texts)
+    assert len(right_labels.texts) == 2 * 2 and not any(ax.axison for ax in (left_labels, middle_labels, right_labels))
     lo, hi = left.get_xlim()
-    assert lo > 10 and hi < 80  # the range where the systems differ, not from 0 to the oracle's 100
-    chance = f"chance {100 * metrics.chance_map_at_k(5):.1f} %"
-    assert chance in left.get_title() and "oracle ranking 100.0 %" in left.get_title()
+    assert lo > 5 and hi < 80  # the range where the systems and their intervals lie, not 0 to the oracle's 100
+    drawn = [x for ax_x in error_bars(left) for x in ax_x]
+    assert hi - max(drawn) < 0.1 * (hi - lo) and min(drawn) - lo < 0.1 * (hi - lo)  # the data uses the width
+    chance = f"chance {100 * metrics.chance_map_at_k(5):.2f} %"
+    assert chance in left.get_title() and "oracle ranking 100.00 %" in left.get_title()
     assert middle.get_xlim()[0] < 0 < middle.get_xlim()[1]  # the zero line is in view
+    assert middle.get_xlim() == right.get_xlim()  # one scale for both differences
 
 
 def test_compact_verdict_reads_like_the_readme_table(tmp_path):
@@ -197,10 +301,15 @@ def test_compact_verdict_reads_like_the_readme_table(tmp_path):
     _write_results(tmp_path / "results", rows, kinds)
     _quality(tmp_path / "results")
     compact = verdict.compact(verdict.verdict_from_files(tmp_path / "results", TRUTH_5)).set_index(["system", "weights"])
+    assert list(compact.columns) == ["seeds", "mAP@10", "Δ stage 1", "Δ control", "multi mAP@10", "multi Δ stage 1",
+                                     "multi Δ control", "estimate ROC-AUC / AP"]
     row = compact.loc[("ensemble", "best")]
-    assert row["mAP@10"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 (3/3)"
-    assert row["Δ control"] == "+2.00 ± 2.65 (2/3)" and row["estimate ROC-AUC / AP"] == "0.950 / 0.600"
+    # mean ± sample std [95 % paired t interval] (students ahead), in points
+    assert row["mAP@10"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 [−2.07, +9.40] (3/3)"
+    assert row["Δ control"] == "+2.00 ± 2.65 [−4.57, +8.57] (2/3)" and row["estimate ROC-AUC / AP"] == "0.950 / 0.600"
+    assert row["multi Δ control"] == "+4.00 ± 5.29 [−9.14, +17.14] (2/3)"  # multi = 2 x mAP@10 here
+    assert row["multi Δ stage 1"] == "+22.33 ± 9.29 [−0.75, +45.41] (3/3)"
     stage1 = compact.loc[("i = j (stage 1)", "best")]
-    assert stage1["Δ stage 1"] == "" and stage1["Δ control"] == ""  # the reference, not a result
-    assert compact.loc[("chance", ""), "seeds"] == ""
-    assert compact.loc[("control", "best"), "Δ stage 1"] == "+1.67 ± 0.58 (3/3)"
+    assert (stage1[["Δ stage 1", "Δ control", "multi Δ stage 1", "multi Δ control"]] == "").all()  # the reference
+    assert compact.loc[("chance", ""), "seeds"] == "" and compact.loc[("oracle ranking", ""), "multi mAP@10"] == "100.00"
+    assert compact.loc[("control", "best"), "Δ stage 1"] == "+1.67 ± 0.58 [+0.23, +3.10] (3/3)"
