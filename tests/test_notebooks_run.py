@@ -2,6 +2,7 @@
 
 import json
 import re
+from html.parser import HTMLParser
 
 import matplotlib.image
 import nbformat
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 # every figure a default run saves (results/<profile>/figures/<name>.png)
 FIGURES = ("00_durations_and_caption_lengths", "00_true_matches_per_caption", "01_learning_rate_schedule",
            "01_pretraining_curve", "01_stage1_curves", "02_batch_targets", "02_estimate_quality",
-           "02_example_correspondences", "03_stage2_curves", "04_stage1_vs_stage2", "04_rank_histogram", "04_verdict")
+           "02_example_correspondences", "03_stage2_curves", "04_stage1_vs_stage2", "04_rank_recall_curve", "04_verdict")
 
 
 def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys):
@@ -78,6 +79,11 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
         assert image[..., :3].std() > 0.05, f"{figure}: the image is (nearly) blank"
     for notebook in sorted((results / "notebooks").glob("*.ipynb")):  # quiet: no echoed return values
         assert "PosixPath(" not in _output_text(notebook), notebook.name
+    for notebook in sorted((results / "notebooks").glob("*.ipynb")):  # what a reader sees: no noise
+        assert hygiene_problems(notebook) == [], notebook.name
+    stage2_text = _output_text(results / "notebooks" / "03_stage2.ipynb")
+    assert "Stage 2 runs the stage-1 recipe again" in stage2_text  # one sentence, not a table of True
+    assert "On validation, " in stage2_text and "not a finding" in stage2_text  # the validation table read
     demo = _output_text(results / "notebooks" / "05_query_demo.ipynb")
     assert "model: stage 2: ensemble_from_member0" in demo and "SALSA: distilled" in demo  # the SALSA student
     assert demo.count("<audio controls") == 3 * 4 and demo.count("<img") >= 3 * 4  # players kept when executed
@@ -102,6 +108,85 @@ def stderr_outputs(path) -> list[str]:
     texts = [output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
              if output.get("name") == "stderr"]
     return [text for text in texts if not re.fullmatch(r"(\s*[^\n]*\|[^\n]*\| *\d+/\d+[^\n]*\s*)+", text)]
+
+
+MAX_NOTEBOOK_BYTES = 1_500_000  # an executed notebook a reader opens on the web: a few figures and players
+METRIC_HEADER = re.compile(r"mAP|R@\d|\bAP\b|ROC-AUC|accuracy|exactly right")
+PERCENT_CELL = re.compile(r"-?\d+\.\d\d( ± (\d+\.\d\d|n/a))?|n/a")
+NOISE = {"object repr": re.compile(r"\w+Config\(|<[\w.]+ object at 0x[0-9a-f]+>"),
+         "progress bar": re.compile(r"%\||\bit/s\b")}
+
+
+def hygiene_problems(path) -> list[str]:
+    """What breaks the notebooks' rules for readers: object reprs and progress bars in any text output,
+    a progress widget, a metric column of a shown table that is not percent with two decimals (or a
+    fraction with many decimals anywhere in a table), a "training precision:" line printed twice, a
+    notebook over ``MAX_NOTEBOOK_BYTES``."""
+    problems = [f"{path.stat().st_size} bytes"] if path.stat().st_size > MAX_NOTEBOOK_BYTES else []
+    notebook = nbformat.read(path, as_version=4)
+    texts, tables = [], []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            texts.append(output.get("text", "") + "".join(data.get("text/plain", "")))
+            problems += ["progress widget"] * ("application/vnd.jupyter.widget-view+json" in data)
+            tables += _html_tables("".join(data.get("text/html", "")))
+    for name, pattern in NOISE.items():
+        problems += [f"{name}: {match.group(0)!r}" for text in texts for match in pattern.finditer(text)]
+    lines = [line for text in texts for line in text.splitlines() if line.startswith("training precision:")]
+    problems += [f"printed {lines.count(line)} times: {line}" for line in sorted(set(lines)) if lines.count(line) > 1]
+    for header, rows in tables:
+        for column, name in enumerate(header):
+            cells = [row[column] for row in rows if column < len(row)]
+            if METRIC_HEADER.search(name) and ("%" not in name or not all(PERCENT_CELL.fullmatch(c) for c in cells)):
+                problems.append(f"column {name!r} is not in percent with two decimals: {cells}")
+            problems += [f"column {name!r}: fraction {c}" for c in cells if re.fullmatch(r"-?0\.\d{5,}", c)]
+    return problems
+
+
+class _TableReader(HTMLParser):
+    """The cells of the HTML tables pandas displays: each table as (header, rows), row index cells left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cell, self.part = [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append(([], []))
+        elif tag in ("thead", "tbody"):
+            self.part = tag
+        elif tag == "tr" and self.tables:
+            self.row = []
+        elif tag in ("th", "td"):
+            self.cell = ""
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self.cell is not None:
+            if self.part == "thead" or tag == "td":  # a body row's th cells are its index
+                self.row.append(self.cell.strip())
+            self.cell = None
+        elif tag == "tr" and self.tables:
+            header, rows = self.tables[-1]
+            if self.part == "thead" and not header:
+                header.extend(self.row)
+            elif self.part == "tbody":
+                rows.append(self.row)
+
+
+def _html_tables(html: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Each table's column names (the first header row, aligned on its data cells) and its data rows."""
+    reader = _TableReader()
+    reader.feed(html)
+    tables = []
+    for header, rows in reader.tables:
+        width = max((len(row) for row in rows), default=0)
+        tables.append((header[len(header) - width:], rows))
+    return tables
 
 
 def _output_text(path) -> str:
