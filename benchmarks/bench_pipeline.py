@@ -43,7 +43,7 @@ import psutil
 from salsa_lib import paths
 from salsa_lib.files import atomic_write_json
 from salsa_lib.profiles import MINIATURE_OVERRIDES as QUICK_OVERRIDES
-from salsa_lib.stages import precision
+from salsa_lib.stages import precision, verdict
 
 # small values for every stage (the same sizes the notebook test uses)
 
@@ -113,12 +113,14 @@ def recorded_precisions(results: Path) -> list[str]:
 
 def run_outcome(results: Path) -> dict:
     """What the timed run found, so the figures quoted from it travel with its timings: the verdict
-    table and its words, and how much each member's validation curve still rose over its last quarter."""
+    table, the per-seed rows behind it (so a student can be named and the table recomputed), its words,
+    and how much each member's validation curve still rose over its last quarter."""
     tables = results / "tables"
     records = lambda frame: frame.astype(object).where(frame.notna(), None).to_dict("records")  # noqa: E731
     outcome = {}
     if (tables / "verdict.csv").exists():
         outcome["verdict"] = records(pd.read_csv(tables / "verdict.csv"))
+        outcome["verdict_seeds"] = records(verdict.per_seed_from_files(results))
     if (tables / "verdict_words.md").exists():
         outcome["verdict_words"] = (tables / "verdict_words.md").read_text()
     if (tables / "01_convergence.csv").exists():
