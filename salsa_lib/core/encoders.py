@@ -29,6 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from salsa_lib.config import MODEL_SAMPLE_RATE
 from salsa_lib.core.captions import preprocess_caption
+from salsa_lib.core.hub_cache import first_line, needed_files, needed_parts, not_in_cache
 from salsa_lib.errors import ConfigError, DownloadError
 
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468
@@ -217,30 +218,41 @@ def _without_pooler(config) -> dict:
 class TextEncoder(nn.Module):
     """Captions -> first-token embedding of a transformers encoder's last layer."""
 
-    def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1):
+    def __init__(self, name: str, max_length: int = 32, dropout: float = 0.2, trainable_layers: int = -1,
+                 pretrained: bool = True):
+        """``pretrained=False``: the architecture and tokenizer only, random weights (for a caller that
+        loads every weight from a checkpoint: roberta-large's 1.4 GB of weights are then never fetched)."""
         super().__init__()
         transformers_logging.set_verbosity_error()  # its load report lists the unused pooler as "unexpected"
         source = resolve_text_model(PACKAGED_MINILM if name == RANDOM_ROBERTA_LARGE else name)
-        local = Path(source).is_dir()  # a local folder must never trigger a hub lookup
+        local = Path(source).expanduser().is_dir()  # a local folder must never trigger a hub lookup
         if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
             raise ConfigError(f"text encoder folder {source!r} does not exist")
+        source = str(Path(source).expanduser()) if local else source
         if name == RANDOM_ROBERTA_LARGE:
             config, self.tokenizer, self.model = _random_roberta_large(source, dropout)
         else:
-            config = self._load(name, source, local, dropout)
+            config = self._load(name, source, local, dropout, pretrained)
         self.max_length = max_length
         self.dim = config.hidden_size
         self._freeze_lower_layers(trainable_layers)
 
-    def _load(self, name: str, source: str, local: bool, dropout: float):
+    def _load(self, name: str, source: str, local: bool, dropout: float, pretrained: bool):
         try:
             config = with_dropout(AutoConfig.from_pretrained(source, local_files_only=local), dropout)
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            self.model = AutoModel.from_pretrained(source, config=config, local_files_only=local,
-                                                   **_without_pooler(config))
-        except OSError as err:
-            raise ConfigError(f"text encoder {name!r} could not be loaded ({err}); give a transformers "
-                              f"model name (network needed once) or a local folder") from err
+            if pretrained:
+                self.model = AutoModel.from_pretrained(source, config=config, local_files_only=local,
+                                                       **_without_pooler(config))
+            else:
+                self.model = AutoModel.from_config(config, **_without_pooler(config))
+        except (OSError, ValueError) as err:  # transformers: OSError for absent files, ValueError for a bare folder
+            if local:
+                raise ConfigError(f"text encoder folder {source!r} could not be loaded ({first_line(err)}); "
+                                  f"it needs its {needed_files(needed_parts(pretrained))}") from err
+            if not isinstance(err, OSError):
+                raise
+            raise DownloadError(not_in_cache(name, pretrained, err)) from err
         return config
 
     def _freeze_lower_layers(self, trainable_layers: int) -> None:

@@ -2,6 +2,11 @@
 
     python -m salsa_lib.search --model results/tiny/stage1/member0/checkpoints/best.ckpt \\
         --audio-dir my_sounds/ "a dog barks" [--top-k 10] [--all-windows] [--json] [--rebuild]
+    python -m salsa_lib.search --model data/checkpoints/passt_roberta.ckpt --audio-dir my_sounds/ "a dog barks"
+
+``--model`` takes a checkpoint of this project or the authors' released ``passt_roberta.ckpt``, told
+apart by content. The released model needs roberta-large's configuration and tokenizer: fetched once
+into the Hugging Face cache, or read from a local folder given with ``--text-encoder``.
 
 Every decodable sound below the folder is searched, whatever its name; each result is a file and
 the span of its best matching window (``--all-windows``: the best windows, several per file). Files
@@ -25,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m salsa_lib.search",
                                      description="Rank the audio files of a folder by how well they match a text.")
     parser.add_argument("query", help='what to look for, e.g. "rain on a tin roof"')
-    parser.add_argument("--model", required=True, help="a best.ckpt of stage 1 or 2")
+    parser.add_argument("--model", required=True,
+                        help="a best.ckpt of stage 1 or 2, or the authors' released passt_roberta.ckpt")
     parser.add_argument("--audio-dir", required=True, help="folder searched recursively (any decodable audio)")
     parser.add_argument("--top-k", type=int, default=5, help="results to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
@@ -37,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop-seconds", type=float, default=None,
                         help="seconds between window starts (default: half the model's window)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument("--text-encoder", default="", metavar="FOLDER",
+                        help="released checkpoint only: a local folder with roberta-large's config and tokenizer "
+                             "(default: the Hugging Face cache, filled on first use)")
+    parser.add_argument("--trust-released-pickle", action="store_true",
+                        help="released checkpoint only: unpickle it fully (a file from a source you trust)")
     return parser
 
 
@@ -48,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         retrieval.check_query(args.query)  # an empty query or a missing folder fails before the model loads
         if not Path(args.audio_dir).is_dir():
             raise ConfigError(f"audio folder {args.audio_dir} does not exist or is not a folder")
-        model, _, model_id = retrieval.load_search_model(args.model, args.device)
+        model, _, model_id = retrieval.load_search_model(args.model, args.device, text_encoder=args.text_encoder,
+                                                         trust_pickle=args.trust_released_pickle)
         index = retrieval.build_index(args.audio_dir, model, model_id, hop_seconds=args.hop_seconds,
                                       rebuild=args.rebuild, backend=args.backend,
                                       progress=not args.json and sys.stderr.isatty())

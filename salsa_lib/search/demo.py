@@ -5,8 +5,9 @@ Type a sentence, get the top-k sounds: for each, the moment that matches (its sp
 score reads as "better than 97 % of the collection's windows". When the query is one of the
 collection's captions, the clip it was written for is marked ✓, and on the synthetic benchmark every
 other clip the caption truly describes too; the rest ✗. Headless (papermill) the same
-``QueryDemo.query`` runs the example queries, and ``example_players`` keeps their players and
-spectrograms in the executed notebook.
+``QueryDemo.query`` runs the example queries, ``hit_rates`` counts how many of their results truly
+match (beside chance), and ``example_players`` keeps a few players and spectrograms in the executed
+notebook. The model menu (the profile's models and the authors' released one) is ``salsa_lib.search.menu``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,59 +22,14 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from salsa_lib import runs
 from salsa_lib.core.captions import preprocess_caption
-from salsa_lib.core.checkpoints import load_member
 from salsa_lib.data import data_sources
 from salsa_lib.data.splits import CAPTION_COLUMNS, read_captions_csv
 from salsa_lib.errors import ConfigError
 from salsa_lib.plots import plot_log_mel
 from salsa_lib.search import retrieval, sounds
-
-
-# stage-2 students of *estimated* correspondences: SALSA itself (truth and control are our yardsticks)
-SALSA_TEACHERS = ("ensemble", "self")
-TEACHERS_IN_WORDS = {"ensemble": "SALSA: distilled from the stage-1 ensemble's estimated correspondences",
-                     "self": "SALSA: distilled from its own initial member's estimated correspondences",
-                     "truth": "not SALSA: distilled from the synthetic set's known correspondences (a ceiling)",
-                     "control": "not SALSA: the contrastive loss again, for as long (the control)"}
-
-
-def _record(checkpoint: Path) -> dict:
-    return json.loads((Path(checkpoint).parent.parent / runs.RECORD).read_text())
-
-
-def available_models(profile: str) -> dict[str, Path]:
-    """Best checkpoints of the profile's trained models, the demo's default first: SALSA students
-    (stage 2 on estimated correspondences) by validation mAP@10, then the other stage-2 runs, then the
-    stage-1 members (each group by validation mAP@10). Chosen by validation, never by test scores."""
-    def order(entry: dict) -> tuple:
-        record = _record(entry["checkpoint"])
-        teachers = record["run"].get("teachers") if entry["stage"] == 2 else None
-        group = 0 if teachers in SALSA_TEACHERS else 1 if entry["stage"] == 2 else 2
-        return group, -record["val"]["mAP@10"], entry["model"]
-
-    entries = sorted(runs.trained_models(profile), key=order)
-    return {f"stage {e['stage']}: {e['model']}": Path(e["checkpoint"]) for e in entries}
-
-
-def choose_model(models: dict[str, Path], name: str = "") -> str:
-    """``name`` from the menu, or the default (the first) when empty; a clear error for anything else."""
-    if not models:
-        raise ConfigError("no trained model yet: run notebooks 01 (and 03) first")
-    if name and name not in models:
-        raise ConfigError(f"model={name!r} is not in the menu: {', '.join(models)}")
-    return name or next(iter(models))
-
-
-def describe_model(checkpoint: Path) -> str:
-    """What a model of the menu is, in words, with the validation score it was chosen by."""
-    record = _record(checkpoint)
-    teachers = record["run"].get("teachers")
-    what = (TEACHERS_IN_WORDS.get(teachers, f"stage 2 with {teachers} teachers") +
-            f", started from member{record['run']['init_member']}" if teachers else
-            "stage 1: the contrastive loss with i = j labels (a teacher, not SALSA's final model)")
-    return f"{what}; validation mAP@10 {100 * record['val']['mAP@10']:.1f} % (best epoch {record['best_epoch']})"
+from salsa_lib.search.menu import (available_models, choose_model, describe_model, menu_table,  # noqa: F401
+                                   model_scope)
 
 
 @dataclass(frozen=True)
@@ -94,6 +49,12 @@ class Collection:
         if Path(file).name == self.owners[key]:
             return "✓"
         return "✓ true match" if Path(file).name in self.matches.get(key, ()) else "✗"
+
+    def relevant(self, query: str) -> frozenset[str] | None:
+        """The file names ``query`` truly describes (its own clip where the truth is unknown); None for a
+        query that is none of the collection's captions."""
+        key = preprocess_caption(query)
+        return self.matches.get(key, frozenset()) | {self.owners[key]} if key in self.owners else None
 
 
 def captioned_collection(root: Path, split: str, truth=None) -> Collection:
@@ -124,12 +85,13 @@ class QueryDemo:
         self._loaded, self._indexes = {}, {}
 
     def _model(self, name: str):
-        if name not in self._loaded:
-            model, _ = load_member(self.models[name])
-            self._loaded[name] = (model, retrieval.model_id_of(self.models[name]))
+        if name not in self._loaded:  # any model file of the menu, the released one too
+            model, _, model_id = retrieval.load_search_model(self.models[name])
+            self._loaded[name] = (model, model_id)
         return self._loaded[name]
 
-    def _index(self, model_name: str, collection: str):
+    def index(self, model_name: str, collection: str):
+        """The collection's index for the model (built on first use, then reused)."""
         key = (model_name, collection)
         if key not in self._indexes:
             model, model_id = self._model(model_name)
@@ -141,7 +103,7 @@ class QueryDemo:
 
         A span that covers the whole file (a clip no longer than one window) reads "whole clip"."""
         model, model_id = self._model(model_name)
-        index = self._index(model_name, collection)
+        index = self.index(model_name, collection)
         if model_id != index.model_id:
             raise ConfigError(f"index of model {index.model_id!r} used with {model_id!r}")
         vector, notes = retrieval.embed_query(model, text)
@@ -263,6 +225,7 @@ def example_queries(profile: str, n: int, given: str = "") -> list[str]:
 
 
 def run_examples(demo: QueryDemo, queries: list[str], model_name: str, collection: str) -> pd.DataFrame:
+    """Every query's top-k results in one table (the notes each query got in its last column)."""
     tables = []
     for text in queries:
         table, notes = demo.query(text, model_name, collection)
@@ -271,19 +234,61 @@ def run_examples(demo: QueryDemo, queries: list[str], model_name: str, collectio
                                                  "notes"]]
 
 
-def example_players(demo: QueryDemo, queries: list[str], model_name: str, collection: str) -> str:
-    """The queries' results as HTML that an executed notebook keeps: each row's mark, file, span and
-    standing, a player of its span and its spectrogram (embedded, so listening needs no kernel)."""
+def informative_columns(examples: pd.DataFrame, index) -> pd.DataFrame:
+    """The examples without the columns that say nothing here: ``span`` when every result is a whole clip,
+    ``standing`` when every file of the collection (``index``) is one window, so that it restates the
+    rank, ``notes`` and ``associated`` when empty."""
+    says_nothing = {"span": (examples["span"] == "whole clip").all(), "standing": index.windows == len(index),
+                    "notes": (examples["notes"] == "").all(), "associated": (examples["associated"] == "").all()}
+    return examples.drop(columns=[column for column, empty in says_nothing.items() if empty])
+
+
+def hit_rates(examples: pd.DataFrame, collection: Collection, n_files: int) -> pd.DataFrame:
+    """Per example query (and over all of them): of its top-k results, how many truly match, beside the
+    rate k random files would reach (the share of the collection the query truly describes). Queries
+    that are none of the collection's captions have no known truth and are left out."""
+    rows = []
+    for query, table in examples.groupby("query", sort=False):
+        relevant = collection.relevant(query)
+        if relevant is None:
+            continue
+        hits = int(sum(Path(f).name in relevant for f in table["file"]))
+        rows.append({"query": query, "top k": len(table), "true matches": hits, "relevant files": len(relevant),
+                     "hit rate %": round(100 * hits / len(table), 2),
+                     "chance %": round(100 * len(relevant) / n_files, 2)})
+    if not rows:
+        return pd.DataFrame(columns=["query", "top k", "true matches", "relevant files", "hit rate %", "chance %"])
+    frame = pd.DataFrame(rows)
+    total = {"query": "all queries", "top k": frame["top k"].sum(), "true matches": frame["true matches"].sum(),
+             "relevant files": frame["relevant files"].sum(),
+             "hit rate %": round(100 * frame["true matches"].sum() / frame["top k"].sum(), 2),
+             "chance %": round(float((frame["relevant files"] / n_files).mean() * 100), 2)}
+    return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+
+
+def _audio_data_uri(path, start: float, end: float) -> str:
+    """The span as Ogg Vorbis (a tenth of WAV's size), for a player kept inside the executed notebook."""
+    buffer = io.BytesIO()
+    sf.write(buffer, sounds.read_span(Path(path), start, end), sounds.SAMPLE_RATE, format="OGG", subtype="VORBIS")
+    return "data:audio/ogg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def example_players(demo: QueryDemo, queries: list[str], model_name: str, collection: str, players: int = 1) -> str:
+    """The queries' results as HTML that an executed notebook keeps: each row's mark, file and span, and for
+    the first ``players`` rows of each query a player of its span and its spectrogram (embedded, so
+    listening needs no kernel; the others are a search away in the app, which keeps the notebook small)."""
     blocks = [f"<p>model: <b>{html.escape(model_name)}</b>; collection: {html.escape(collection)}</p>"]
     for text in queries:
         table, _ = demo.query(text, model_name, collection)
         lines = [f"<p><b>{html.escape(text)}</b></p><table>"]
         for row in table.itertuples():
-            wav = base64.b64encode(span_wav(row.path, row.start, row.end)).decode()
-            png = base64.b64encode(spectrogram_png(row.path, row.start, row.end)).decode()
-            lines.append(f"<tr class='salsa-example'><td>{row.rank}. {row.associated}</td><td>{html.escape(row.file)}"
-                         f"<br><small>{row.span}; {row.standing}</small></td>"
-                         f"<td><audio controls src='data:audio/wav;base64,{wav}'></audio></td>"
-                         f"<td><img width='220' src='data:image/png;base64,{png}'></td></tr>")
+            where = "" if row.span == "whole clip" else f"<br><small>{row.span}</small>"
+            media = "<td></td><td></td>"
+            if row.rank <= players:
+                png = base64.b64encode(spectrogram_png(row.path, row.start, row.end)).decode()
+                media = (f"<td><audio controls src='{_audio_data_uri(row.path, row.start, row.end)}'></audio></td>"
+                         f"<td><img width='220' src='data:image/png;base64,{png}'></td>")
+            lines.append(f"<tr class='salsa-example'><td>{row.rank}. {row.associated}</td>"
+                         f"<td>{html.escape(row.file)}{where}</td>{media}</tr>")
         blocks.append("\n".join(lines) + "</table>")
     return "\n".join(blocks)

@@ -1,6 +1,7 @@
 """Text-to-audio search over a folder of sound files, down to the moment that matches.
 
     model, config, model_id = load_search_model("results/tiny/stage1/member0/checkpoints/best.ckpt")
+    # or the authors' released model: load_search_model("data/checkpoints/passt_roberta.ckpt")
     index = build_index("my_sounds/", model, model_id)        # embeds new/changed files only
     response = search(index, model, model_id, "a dog barks")  # a list of SearchResult, plus .notes
     for r in response: print(r.rank, round(r.score, 3), index.root / r.path, r.span)
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from salsa_lib.core.captions import preprocess_caption
+from salsa_lib.core import released
 from salsa_lib.core.checkpoints import load_member
 from salsa_lib.data.audio import SAMPLE_RATE
 from salsa_lib.errors import ConfigError, DataError
@@ -47,9 +49,24 @@ def model_id_of(checkpoint) -> str:
     return file_digest(Path(checkpoint))[:16]
 
 
-def load_search_model(checkpoint, device: str = "cpu"):
-    """(model, Stage1Config, model_id) for any stage-1 or stage-2 checkpoint of this project."""
-    model, config = load_member(checkpoint)  # every way a file can be unfit is a DataError there
+def load_search_model(checkpoint, device: str = "cpu", *, text_encoder: str = "", trust_pickle: bool = False):
+    """(model, Stage1Config, model_id) for a stage-1 or stage-2 checkpoint of this project or the authors'
+    released ``passt_roberta.ckpt``, told apart by content (the names its weights carry), not by file name.
+
+    For the released checkpoint only: ``text_encoder`` a local folder holding roberta-large's
+    configuration and tokenizer (instead of the Hugging Face cache), ``trust_pickle`` a full unpickling
+    (trusted files only; the safe load reads the authors' file as it is).
+    """
+    if released.is_released_checkpoint(checkpoint):
+        config = released.RELEASED_CONFIG  # looked up now, so a test can stand a tiny architecture in
+        config = config.replace(text_encoder=text_encoder) if text_encoder else config
+        model = released.load_released_checkpoint(checkpoint, config, trust_pickle=trust_pickle)
+    elif text_encoder:
+        raise ConfigError(f"a text encoder folder ({text_encoder}) is taken for the released checkpoint only; "
+                          f"{checkpoint} is not the released checkpoint, and a checkpoint of this project "
+                          "names its text encoder in its saved parameters")
+    else:
+        model, config = load_member(checkpoint)  # every way a file can be unfit is a DataError there
     return model.to(device), config, model_id_of(checkpoint)
 
 

@@ -241,3 +241,58 @@ def test_loud_high_tones_give_the_fp32_log_mels_under_autocast(small_audio_encod
         assert torch.isfinite(log_mel).all()
         assert torch.allclose(log_mel.float(), reference, atol=1e-5)
         assert log_mel.dtype == torch.float32
+
+
+OFFLINE_SCRIPT = """
+import json, os, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("no network in this test")
+
+socket.socket.connect = refuse  # any download attempt fails at once
+import salsa_lib.core.released, salsa_lib.search.cli, salsa_lib.search.demo  # noqa: E401
+cache = os.environ["HF_HOME"]
+imported_clean = not os.path.exists(cache) or not any(files for _, _, files in os.walk(cache))
+from salsa_lib.core.encoders import TextEncoder
+from salsa_lib.errors import DownloadError
+messages = {}
+for pretrained in (True, False):
+    try:
+        TextEncoder("roberta-large", pretrained=pretrained)
+    except DownloadError as err:
+        messages[str(pretrained)] = str(err)
+print(json.dumps({"imported_clean": imported_clean, "messages": messages}))
+"""
+
+
+def test_offline_without_the_text_model_the_error_says_what_where_and_how(tmp_path):
+    """HF_HUB_OFFLINE=1 and an empty cache: importing downloads nothing, and building roberta-large names the
+    missing parts, the cache folder it looked in, and how to give a local folder instead."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "hf"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home), "SALSA_HOME": str(tmp_path / "salsa")}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["imported_clean"]  # nothing fetched or cached at import time
+    full, architecture_only = report["messages"]["True"], report["messages"]["False"]
+    for message in (full, architecture_only):
+        assert "'roberta-large'" in message and "HF_HUB_OFFLINE" in message
+        assert str(home / "hub") in message  # where it was looked for
+        assert "Missing from the Hugging Face cache" in message
+        assert "configuration (config.json) and tokenizer (tokenizer.json, or vocab.json and merges.txt" in message
+        assert "local folder" in message and "-p text_encoder FOLDER" in message and "--text-encoder FOLDER" in message
+    assert "and weights (model.safetensors, or pytorch_model.bin)" in full
+    assert "weights" not in architecture_only  # built from the configuration, the weights are never needed
+
+
+def test_a_local_text_encoder_folder_without_the_files_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="could not be loaded.*config.json") as err:
+        TextEncoder(str(tmp_path))
+    assert str(tmp_path) in str(err.value)

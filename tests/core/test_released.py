@@ -8,22 +8,13 @@ import types
 import pytest
 import torch
 
-from salsa_lib.config import Stage1Config
 from salsa_lib.core.model import build_dual_encoder
+from salsa_lib.core.released import (RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters,
+                                     is_released_checkpoint, load_for_evaluation, load_released_checkpoint)
 from salsa_lib.errors import ConfigError, DataError
-from salsa_lib.stages.released import (RELEASED_CONFIG, check_hyperparameters, compare_hyperparameters, load_for_evaluation,
-                                       load_released_checkpoint)
 
-TINY = Stage1Config(passt_width=64, passt_depth=1, passt_heads=2, embed_dim=32, window_seconds=1.0,
-                    train_seconds=1.0, eval_seconds=1.0)
+from fake_release import TINY, released_state, save
 
-# our name -> the name in the authors' Lightning module (written out here, not taken from the module)
-LAYOUT = [("audio_encoder.passt.", "audio_embedding_model.model.model."),
-          ("text_encoder.model.", "sentence_embedding_model."),
-          ("project_audio.", "project_audio.0."),
-          ("project_text.", "project_sentence.0.")]
-EXTRAS = {"timing_tau": torch.tensor(0.05), "audio_token": torch.zeros(1, 1, 8), "posencode.pe": torch.zeros(10, 8),
-          "sentence_embedding_model.embeddings.position_ids": torch.arange(512)[None]}
 # key names of the original checkpoint (its module names, method appendix A) -> ours, written out as data
 ORIGINAL_NAMES = {
     "audio_embedding_model.model.model.patch_embed.proj.weight": "audio_encoder.passt.patch_embed.proj.weight",
@@ -92,17 +83,6 @@ class Payload:
         return (pathlib.Path.touch, (self.marker,))
 
 
-def to_released(state_dict):
-    released = {}
-    for key, value in state_dict.items():
-        if key == "tau":
-            released["tau"] = value.reshape(1)  # stored as a (1,) parameter: the loader must accept it
-            continue
-        ours, theirs = next((o, t) for o, t in LAYOUT if key.startswith(o))
-        released[theirs + key[len(ours):]] = value.clone()
-    return released
-
-
 @pytest.fixture(scope="module")
 def original():
     torch.manual_seed(0)
@@ -111,18 +91,7 @@ def original():
 
 @pytest.fixture
 def released(original):
-    state = to_released(original.state_dict())
-    state.update(EXTRAS)
-    for name, buffer in original.audio_encoder.mel.named_buffers():  # saved by older hear21passt
-        state[f"audio_embedding_model.model.model.mel.{name}"] = buffer.clone()
-    return state
-
-
-def save(tmp_path, state_dict, hyper_parameters=None, name="passt_roberta.ckpt"):
-    path = tmp_path / name
-    torch.save({"state_dict": state_dict, "epoch": 3,
-                "hyper_parameters": hyper_parameters or {"lr": 2e-5, "tau": 0.05}}, path)
-    return path
+    return released_state(original)
 
 
 def test_released_config_is_the_paper_architecture():
@@ -312,3 +281,31 @@ def test_missing_and_broken_files(tmp_path):
     torch.save({"weights": {}}, tmp_path / "plain.pt")
     with pytest.raises(DataError, match="state_dict"):
         check_hyperparameters(tmp_path / "plain.pt")
+
+
+def test_the_release_is_told_from_our_checkpoints_by_content_without_unpickling(tmp_path, released, original):
+    ours = tmp_path / "ours.ckpt"  # the layout of this project's checkpoints (core.checkpoints)
+    torch.save({"hyper_parameters": {"params": TINY.to_params()},
+                "state_dict": {f"model.{k}": v for k, v in original.state_dict().items()}}, ours)
+    marker = tmp_path / "pwned"
+    named_like_ours = save(tmp_path, released, name="best.ckpt")  # the name says nothing; the content does
+    with_payload = save(tmp_path, released, {"payload": Payload(marker)}, name="payload.ckpt")
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"<html>not found</html>")
+    assert is_released_checkpoint(named_like_ours) and is_released_checkpoint(with_payload)
+    assert not marker.exists()  # telling the formats apart ran nothing of the pickle
+    for other in (ours, broken, tmp_path / "missing.ckpt", tmp_path):
+        assert not is_released_checkpoint(other), other
+
+
+def test_the_text_models_pretrained_weights_are_never_fetched(tmp_path, released, original, monkeypatch):
+    """Every weight comes from the checkpoint: roberta-large needs only its configuration and tokenizer."""
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("pretrained text weights were fetched")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+    loaded = load_released_checkpoint(save(tmp_path, released), TINY)
+    assert torch.equal(loaded.text_encoder.model.embeddings.word_embeddings.weight,
+                       original.text_encoder.model.embeddings.word_embeddings.weight)
