@@ -122,3 +122,15 @@ def test_failing_notebook_is_named_and_earlier_results_survive(home, capsys):
     assert (results / "results/tiny/notebooks/00_data.ipynb").read_bytes() == good
     assert (results / "results/tiny/notebooks/00_data.failed.ipynb").exists()
     assert list(pd.read_csv(results / "results/tiny/run_log.csv").status) == ["ok", "failed"]
+
+
+def test_every_notebook_names_the_kernel_the_runner_and_the_readme_use():
+    """JupyterLab starts the kernel a notebook names; naming the project's kernel means no chooser
+    appears and the notebook runs in the environment the runner uses (scripts/bootstrap.sh registers it)."""
+    bootstrap = (Path(runner.__file__).resolve().parent.parent / "scripts" / "bootstrap.sh").read_text()
+    display = re.search(rf'--name {runner.KERNEL_NAME} --display-name "([^"]+)"', bootstrap)[1]
+    for path in sorted((Path(runner.__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        spec = nbformat.read(path, as_version=4).metadata.kernelspec
+        assert (spec.name, spec.display_name) == (runner.KERNEL_NAME, display), path.name
+    readme = (Path(runner.__file__).resolve().parent.parent / "README.md").read_text()
+    assert f'"{display}"' in readme  # what the README tells users to pick in JupyterLab

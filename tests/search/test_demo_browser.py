@@ -54,10 +54,41 @@ def _wait_until_up(url: str, process, timeout: float = 90.0) -> None:
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
 
 
-def _run_all_cells(page, attempts: int = 3) -> None:
+KERNEL_DISPLAY_NAME = "Python (salsa)"  # what scripts/bootstrap.sh registers as runner.KERNEL_NAME
+
+
+def _answer_dialogs(page, seen: list[str]) -> None:
+    """Answer any JupyterLab dialog that covers the page, noting its text in ``seen``.
+
+    A kernel chooser (JupyterLab asks when it cannot start the notebook's kernel by itself) gets the
+    project's kernel; any other dialog is accepted. Either way the test never clicks a covered menu.
+    """
+    dialogs = page.locator(".jp-Dialog")
+    while dialogs.count():
+        dialog = dialogs.first
+        seen.append(" / ".join(line.strip() for line in dialog.inner_text().splitlines() if line.strip()))
+        chooser = dialog.locator("select")
+        if chooser.count() and chooser.first.locator("option", has_text=KERNEL_DISPLAY_NAME).count():
+            chooser.first.select_option(label=KERNEL_DISPLAY_NAME)
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        dialog.wait_for(state="detached", timeout=10_000)
+
+
+def _wait_past_dialogs(page, target, seen: list[str], timeout: int) -> None:
+    """Wait for ``target`` to be attached, answering the dialogs that appear on the way."""
+    for _ in range(5):  # each answered dialog may be followed by another (at most a few)
+        target.or_(page.locator(".jp-Dialog")).first.wait_for(state="attached", timeout=timeout)
+        if not page.locator(".jp-Dialog").count():
+            return
+        _answer_dialogs(page, seen)
+    target.first.wait_for(state="attached", timeout=timeout)
+
+
+def _run_all_cells(page, seen: list[str], attempts: int = 3) -> None:
     """Menu Run > Run All Cells, repeated if the kernel was not connected yet and nothing started."""
     started = page.locator(".jp-InputPrompt", has_text="[1]").or_(page.locator(".jp-InputPrompt", has_text="[*]"))
     for _ in range(attempts):
+        _answer_dialogs(page, seen)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
@@ -160,8 +191,10 @@ def _long_recording_folder(folder: Path) -> Path:
 
 
 def _copy_notebook_with_audio_dir(target: Path, audio_dir: Path) -> None:
-    """Our notebook with its audio_dir parameter set, the way papermill would inject it."""
+    """Our notebook with its audio_dir parameter set, the way papermill would inject it; it names the
+    project's kernel, as every committed notebook does (tests/test_notebooks_clean.py)."""
     notebook = json.loads((paths.notebooks_dir() / "05_query_demo.ipynb").read_text(encoding="utf-8"))
+    assert notebook["metadata"]["kernelspec"]["display_name"] == KERNEL_DISPLAY_NAME
     cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     source = "".join(cell["source"])
     assert "audio_dir = ''" in source
@@ -177,8 +210,6 @@ def chromium() -> str:
 
 @pytest.mark.slow
 def test_query_demo_in_jupyterlab(chromium, trained_tiny, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     served = tmp_path / "served"
     served.mkdir()
     long_dir = _long_recording_folder(tmp_path / "long")
@@ -188,57 +219,90 @@ def test_query_demo_in_jupyterlab(chromium, trained_tiny, tmp_path):
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--ServerApp.token={token}", f"--ServerApp.root_dir={served}", "--ServerApp.open_browser=False",
          f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--allow-root"],
-        env={**os.environ, "SALSA_HOME": str(trained_tiny), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter_config")},
+        env={**os.environ, "SALSA_HOME": str(trained_tiny), **isolated_jupyter_environment(tmp_path / "user")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     screenshot = SCREENSHOTS / "05_query_demo.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
+    dialogs: list[str] = []  # the text of every dialog JupyterLab showed, for the failure message
+    screenshot.with_name("05_query_demo_failure.png").unlink(missing_ok=True)  # an older run's
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_up(f"{base}/api/status?token={token}", server)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/05_query_demo.ipynb?token={token}")
-            page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
-            # the kernel must be up before "Run All Cells", or the request is lost
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-                state="attached", timeout=90_000)
-            box = page.locator("input[placeholder^='describe a sound']")
-            for attempt in range(3):  # a Run All sent while the kernel connection settles can be dropped
-                _run_all_cells(page)
-                try:
-                    box.wait_for(timeout=60_000)
-                    break
-                except Exception:
-                    page.screenshot(path=str(screenshot.with_name("05_query_demo_failure.png")), full_page=True)
-                    if attempt == 2:
-                        raise
-            box.fill("a bell rings")
-            box.press("Enter")
-            rows = page.locator(".salsa-result")
-            rows.first.wait_for(timeout=60_000)
-            assert rows.count() == 5  # top 5 of the 6 test clips
-            assert page.locator(".salsa-result audio").count() == 5
-            assert page.locator(".salsa-result img").count() == 5
-            collection = page.locator("select", has=page.locator("option", has_text="folder: "))
-            collection.select_option(label=f"folder: {long_dir}")
-            box.fill("a bell rings")
-            box.press("Enter")
-            long_row = page.locator(".salsa-result", has_text="long.wav")
-            long_row.wait_for(timeout=60_000)
-            assert rows.count() == 3 and page.locator(".salsa-result audio").count() == 3
-            span = long_row.locator(".salsa-span").inner_text()
-            start, end = map(float, re.fullmatch(r"00:(\d\d(?:\.5)?)–00:(\d\d(?:\.5)?)", span).groups())
-            assert end - start == 1 and end <= 40  # one 1 s window of the 40 s file, not the whole file
-            assert "better than" in long_row.inner_text() and long_row.locator("img").count() == 1
-            whole = long_row.locator("button", has_text="whole file")
-            whole.click()
-            page.wait_for_function("b => b.disabled", arg=whole.element_handle(), timeout=30_000)
-            long_row.scroll_into_view_if_needed()
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(screenshot), full_page=False)
-            browser.close()
+        _drive_demo(chromium, f"http://127.0.0.1:{port}", token, server, long_dir, screenshot, dialogs)
+    except Exception as error:
+        failure = screenshot.with_name("05_query_demo_failure.png")
+        raise AssertionError(f"the demo failed in JupyterLab ({error}); dialogs shown: {dialogs or 'none'}; "
+                             f"screenshot: {failure if failure.exists() else 'none taken'}") from error
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert screenshot.stat().st_size > 10_000
+
+
+def isolated_jupyter_environment(home: Path) -> dict[str, str]:
+    """The server's own home and Jupyter folders: whatever the user's hold (settings, workspaces,
+    kernels, a remembered kernel choice) cannot change what the test sees."""
+    folders = {"HOME": home, "JUPYTER_CONFIG_DIR": home / "jupyter_config",
+               "JUPYTER_DATA_DIR": home / "jupyter_data", "JUPYTER_RUNTIME_DIR": home / "jupyter_runtime",
+               "IPYTHONDIR": home / "ipython"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in folders.items()}
+
+
+def _drive_demo(chromium, base, token, server, long_dir, screenshot, dialogs) -> None:
+    """Open the notebook, run it, search the test clips and the long recording; screenshot on failure."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _search_in_the_demo(page, base, token, server, long_dir, screenshot, dialogs)
+        except Exception:
+            page.screenshot(path=str(screenshot.with_name("05_query_demo_failure.png")), full_page=True)
+            dialogs.extend(" / ".join(t.split()) for t in page.locator(".jp-Dialog").all_inner_texts())
+            raise
+        finally:
+            browser.close()
+
+
+def _search_in_the_demo(page, base, token, server, long_dir, screenshot, dialogs) -> None:
+    _wait_until_up(f"{base}/api/status?token={token}", server)
+    page.goto(f"{base}/lab/tree/05_query_demo.ipynb?token={token}")
+    page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+    # the kernel must be up before "Run All Cells", or the request is lost; a kernel chooser on the
+    # way is answered with the project's kernel
+    _wait_past_dialogs(page, page.locator(".jp-Toolbar-kernelName", has_text=KERNEL_DISPLAY_NAME), dialogs, 90_000)
+    _wait_past_dialogs(page, page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']"), dialogs, 90_000)
+    box = page.locator("input[placeholder^='describe a sound']")
+    for attempt in range(3):  # a Run All sent while the kernel connection settles can be dropped
+        _run_all_cells(page, dialogs)
+        try:
+            _wait_past_dialogs(page, box, dialogs, 60_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    box.fill("a bell rings")
+    box.press("Enter")
+    rows = page.locator(".salsa-result")
+    rows.first.wait_for(timeout=60_000)
+    assert rows.count() == 5  # top 5 of the 6 test clips
+    assert page.locator(".salsa-result audio").count() == 5
+    assert page.locator(".salsa-result img").count() == 5
+    collection = page.locator("select", has=page.locator("option", has_text="folder: "))
+    collection.select_option(label=f"folder: {long_dir}")
+    box.fill("a bell rings")
+    box.press("Enter")
+    long_row = page.locator(".salsa-result", has_text="long.wav")
+    long_row.wait_for(timeout=60_000)
+    assert rows.count() == 3 and page.locator(".salsa-result audio").count() == 3
+    span = long_row.locator(".salsa-span").inner_text()
+    start, end = map(float, re.fullmatch(r"00:(\d\d(?:\.5)?)–00:(\d\d(?:\.5)?)", span).groups())
+    assert end - start == 1 and end <= 40  # one 1 s window of the 40 s file, not the whole file
+    assert "better than" in long_row.inner_text() and long_row.locator("img").count() == 1
+    whole = long_row.locator("button", has_text="whole file")
+    whole.click()
+    page.wait_for_function("b => b.disabled", arg=whole.element_handle(), timeout=30_000)
+    long_row.scroll_into_view_if_needed()
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=False)
