@@ -136,3 +136,23 @@ def test_distillation_module_loss_uses_the_batch_items_teachers(trained):
     teacher = sum(audio[m][batch["audio_idx"]] @ captions[m][batch["idx"]].T for m in range(2)) / 2 / 0.05
     expected = distillation_loss(logits, teacher) + 0.5 * contrastive_loss(logits, batch["audio_idx"])
     assert torch.isclose(module.loss(logits, batch), expected, atol=1e-5)
+
+
+def test_notebook_03s_plan_fits_a_laptop_and_says_so(trained, monkeypatch, capsys):
+    """8 cores and 16 GiB injected: stage 2 starts no more workers than the memory holds, and its one
+    line says how many and why (the issue's laptop: 8 processes of ~2.3 GB each would not fit)."""
+    from salsa_lib.stages import parallel_runs, resources
+
+    data, train = trained
+    correspondences.embed_members("test", train, batch_size=8)
+    monkeypatch.setattr(resources, "available_cores", lambda *a, **k: 8)
+    monkeypatch.setattr(resources, "available_memory", lambda *a, **k: 16 * 2 ** 30)
+    started = []
+    monkeypatch.setattr(parallel_runs, "run_all", lambda job, jobs, workers, threads, announce=None:
+                        started.append((len(jobs), workers, threads)) or [])
+    stage2.train(Stage2Config(**{**STAGE2, "students": 2}, teachers="self,control,truth"), data, progress=True)
+    [(runs_planned, workers, threads)] = started
+    assert runs_planned == 6 and workers * parallel_runs.WORKER_MEMORY_MB * 2 ** 20 <= 16 * 2 ** 30
+    assert (workers, threads) == (4, 2)
+    assert ("training 6 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 3.6 GiB per run "
+            "(4 fit), 6 runs; limited by memory)") in capsys.readouterr().out
