@@ -8,6 +8,7 @@ other warning of these packages) still reach the reader. Entry points call ``sil
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # (category, message pattern, module that issues it): deprecation notices of dependencies we cannot fix
@@ -24,9 +25,24 @@ _THIRD_PARTY_WARNINGS = (
 # its warnings use the same logger at WARNING and still show.
 _CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
+# Set in the kernels the runner starts: nobody watches a headless run, and a progress bar saved in an
+# executed notebook is noise (tqdm's widget leaves its first frame, "0%", as the cell's text).
+HEADLESS_VARIABLE = "SALSA_HEADLESS"
+
 # The notebook kernel's own start-up log ("running over TCP without encryption" on a loopback
-# connection the runner itself opens); cell output and our warnings are unaffected.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# connection the runner itself opens) is silenced; cell output and our warnings are unaffected. The
+# kernel marks itself headless before any cell runs (without adding a name to the notebook's namespace).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR",
+                    f"--IPKernelApp.exec_lines=__import__('os').environ.__setitem__('{HEADLESS_VARIABLE}', '1')"]
+
+
+def progress_visible() -> bool:
+    """Whether a progress bar has a reader: False inside a notebook the runner executes headlessly.
+
+    Interactive use (JupyterLab, a terminal) keeps its bars; callers still pass ``progress=False`` to
+    hide one for other reasons.
+    """
+    return os.environ.get(HEADLESS_VARIABLE) != "1"
 
 
 def silence_third_party_noise() -> None:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from salsa_lib.data import audio  # audio.load_audio looked up per call: the kill drill replaces it
 from salsa_lib.errors import DataError
 from salsa_lib.files import atomic_path, atomic_write_json, file_digest
+from salsa_lib.quiet import progress_visible
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ def _build(files, names, sources, cache_path: Path, sample_rate: int, skip_bad: 
     """Write a fresh array under a new name, then commit it by replacing the index (last)."""
     array_file = f"audio-{uuid.uuid4().hex[:16]}.int16"
     with atomic_path(cache_path / array_file) as tmp, open(tmp, "wb") as handle:
-        clips = tqdm(list(zip(names, files)), desc=f"decoding {cache_path.name}", disable=not progress)
+        clips = tqdm(list(zip(names, files)), desc=f"decoding {cache_path.name}",
+                     disable=not (progress and progress_visible()))
         index = _write_clips(handle, clips, sample_rate, skip_bad)
         handle.flush()
         os.fsync(handle.fileno())

@@ -30,6 +30,7 @@ from salsa_lib.data.splits import CAPTIONS_PER_CLIP, SPLIT_FOLDERS
 from salsa_lib.data.synth_scenes import SOURCES, attributes_of, captions_for, render, sample_events, truth_matrix
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_json
+from salsa_lib.quiet import progress_visible
 
 SPLITS = tuple(SPLIT_FOLDERS.values())
 FORMAT_VERSION = 1
@@ -144,7 +145,7 @@ def generate_synthetic_clotho(root, *, n_clips=None, clip_seconds=5.0, sample_ra
     partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
     try:
         with tqdm(total=sum(params["n_clips"].values()), desc="synthetic clips", unit="clip",
-                  disable=not progress) as bar:
+                  disable=not (progress and progress_visible())) as bar:
             for index in range(len(SPLITS)):
                 _write_split(partial, index, params, bar)
         atomic_write_json(partial / "synthetic.json", params)

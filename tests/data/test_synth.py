@@ -269,3 +269,15 @@ def test_load_truth_errors_name_the_file(small, tmp_path):
     os.remove(copy / "synthetic_truth_evaluation.npz")
     with pytest.raises(DataError, match="synthetic_truth_evaluation.npz"):
         synth.load_truth(copy, "evaluation")
+
+
+def test_no_progress_bar_in_a_headless_kernel(tmp_path, monkeypatch, capsys):
+    """The runner's kernels are headless: a bar there would be saved in the executed notebook as "0%"."""
+    from salsa_lib import quiet
+
+    monkeypatch.setenv(quiet.HEADLESS_VARIABLE, "1")
+    _generate(tmp_path / "headless", progress=True)
+    assert "synthetic clips" not in capsys.readouterr().err
+    monkeypatch.setenv(quiet.HEADLESS_VARIABLE, "0")  # interactive use keeps its bar
+    _generate(tmp_path / "watched", progress=True)
+    assert "synthetic clips" in capsys.readouterr().err
