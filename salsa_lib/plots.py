@@ -1,4 +1,4 @@
-"""The project's two recurring pictures: a clip's log-mel spectrogram and the correspondence bars of one caption."""
+"""The project's recurring pictures: a clip's log-mel spectrogram, one caption's correspondence bars, outlined cells."""
 
 from __future__ import annotations
 
@@ -61,3 +61,11 @@ def plot_correspondence_bars(ax, scores: np.ndarray, associated: int, truly: set
     if legend:
         ax.legend(handles=correspondence_legend_handles(known), loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   borderaxespad=0, fontsize=9, frameon=False)
+
+
+def outline_cells(ax, mask: np.ndarray, color: str, lw: float = 2.0) -> None:
+    """Outline each True cell of ``mask`` on a heatmap drawn with one unit per cell (seaborn's)."""
+    from matplotlib.patches import Rectangle
+
+    for row, column in zip(*np.nonzero(mask)):
+        ax.add_patch(Rectangle((column, row), 1, 1, fill=False, edgecolor=color, lw=lw))

@@ -1,4 +1,8 @@
-"""Tables and figures under results/<profile>/: written atomically, named by what they show."""
+"""Tables and figures under results/<profile>/: written atomically, named by what they show.
+
+Tables on disk hold metrics as fractions (``mAP@10`` 0.5458) under the paper's metric names; what a
+notebook shows a reader is in percent with two decimals (``percent_view``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,22 @@ import pandas as pd
 
 from salsa_lib import paths
 from salsa_lib.files import atomic_path, atomic_write_csv, atomic_write_text
+
+
+METRICS = ("mAP@10", "R@1", "R@5", "R@10")  # retrieval metrics in the order every shown table uses
+
+
+def percent_view(frame: pd.DataFrame, fractions=(), points=()) -> pd.DataFrame:
+    """``frame`` as a reader sees it: each column of ``fractions`` in percent with two decimals and its
+    header marked ``(%)``; each column of ``points`` (already in percent or percentage points) with two
+    decimals. Cells become text ("54.58", "n/a" for a missing value), so every row shows both decimals."""
+    def text(values, scale):
+        return [f"{scale * v:.2f}" if pd.notna(v) else "n/a" for v in values]
+
+    shown = frame.copy()
+    for column in (*fractions, *points):
+        shown[column] = text(frame[column], 100 if column in fractions else 1)
+    return shown.rename(columns={c: f"{c} (%)" for c in fractions})
 
 
 def table_path(profile: str, name: str) -> Path:

@@ -152,3 +152,28 @@ def teachers_tau(profile: str) -> float:
 def quality_table(estimates: dict[str, np.ndarray], truth) -> pd.DataFrame:
     """ROC-AUC and AP of each named estimate against the true correspondences, one row each, in order."""
     return pd.DataFrame([{"estimate": name, **estimate_quality(scores, truth)} for name, scores in estimates.items()])
+
+
+def example_batch(n_clips: int, size: int, rng: np.random.Generator, truth=None) -> np.ndarray:
+    """Caption indices of a batch to draw, one caption per clip (so the diagonal pairs each clip with its own).
+
+    With the truth known (clips x captions, dense or sparse), up to ``size // 4`` pairs come first: a
+    caption, then a caption of another clip that the first truly describes, so the picture holds true
+    matches off the diagonal, which stage 1 calls negatives. The rest are drawn at random.
+    """
+    owners = caption_clips(n_clips)
+    chosen: list[int] = []
+    if truth is not None:
+        for j in rng.permutation(len(owners)):
+            if len(chosen) >= 2 * (size // 4):
+                break
+            others = [i for i in truth[:, j].nonzero()[0] if i != owners[j] and i not in owners[chosen]]
+            if others and owners[j] not in owners[chosen]:
+                clip = rng.choice(others)
+                chosen += [int(j), int(clip * CAPTIONS_PER_CLIP + rng.integers(CAPTIONS_PER_CLIP))]
+    for j in rng.permutation(len(owners)):
+        if len(chosen) >= min(size, n_clips):
+            break
+        if owners[j] not in owners[chosen]:
+            chosen.append(int(j))
+    return np.asarray(chosen)

@@ -104,3 +104,19 @@ def test_member_folders_name_what_is_missing(tmp_path, monkeypatch):
     assert [f.name for f in runs.member_folders("test", ["member0"])] == ["member0"]
     with pytest.raises(ConfigError, match="empty"):
         runs.member_folders("test", [])
+
+
+def test_example_batch_puts_true_matches_off_the_diagonal():
+    n_clips, owners = 12, np.repeat(np.arange(12), 5)
+    truth = np.zeros((n_clips, 5 * n_clips), dtype=np.int8)
+    truth[owners, np.arange(5 * n_clips)] = 1
+    truth[3, 5 * 7 + 2] = truth[9, 5 * 1] = 1  # caption 37 (clip 7) also describes clip 3; caption 5 clip 9
+    for seed in range(5):
+        items = corr.example_batch(n_clips, 8, np.random.default_rng(seed), scipy.sparse.csr_matrix(truth))
+        assert len(items) == 8 and len(set(owners[items])) == 8  # one caption per clip
+        in_batch = truth[owners[items]][:, items]
+        assert in_batch.diagonal().all() and (in_batch.sum() - 8) == 2  # both pairs, off the diagonal
+        assert in_batch[1, 0] == 1 and in_batch[3, 2] == 1  # each pair: caption, then a caption of its other clip
+    plain = corr.example_batch(n_clips, 8, np.random.default_rng(0))
+    assert len(set(owners[plain])) == 8
+    assert len(corr.example_batch(3, 8, np.random.default_rng(0), truth[:3, :15])) == 3  # no more than the clips
