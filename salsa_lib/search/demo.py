@@ -28,7 +28,7 @@ from salsa_lib.data.splits import CAPTION_COLUMNS, read_captions_csv
 from salsa_lib.errors import ConfigError
 from salsa_lib.plots import plot_log_mel
 from salsa_lib.search import retrieval, sounds
-from salsa_lib.search.menu import (available_models, choose_model, describe_model, menu_table,  # noqa: F401
+from salsa_lib.search.menu import (available_models, choose_model, describe_model, menu_text,  # noqa: F401
                                    model_scope)
 
 

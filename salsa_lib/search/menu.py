@@ -80,9 +80,11 @@ def describe_model(checkpoint: Path) -> str:
     return f"{what}; validation mAP@10 {100 * record['val']['mAP@10']:.1f} % (best epoch {record['best_epoch']})"
 
 
-def menu_table(models: dict[str, Path]) -> pd.DataFrame:
-    """The menu as a table a reader can scan: each entry and what it is."""
-    return pd.DataFrame({"model": list(models), "what it is": [describe_model(p) for p in models.values()]})
+def menu_text(models: dict[str, Path], chosen: str) -> str:
+    """The menu as a reader scans it: the chosen model first, then every entry (* the chosen) and what it is."""
+    lines = [f"model: {chosen}", "menu:"]
+    lines += [f"{'*' if name == chosen else ' '} {name}: {describe_model(path)}" for name, path in models.items()]
+    return "\n".join(lines)
 
 
 def model_scope(profile: str) -> str:

@@ -57,6 +57,10 @@ def load_search_model(checkpoint, device: str = "cpu", *, text_encoder: str = ""
     configuration and tokenizer (instead of the Hugging Face cache), ``trust_pickle`` a full unpickling
     (trusted files only; the safe load reads the authors' file as it is).
     """
+    if not Path(checkpoint).is_file():
+        raise DataError(f"model file {checkpoint} does not exist: give a best.ckpt of stage 1 or 2 (results/<profile>/"
+                        "stage1|stage2/<model>/checkpoints/) or the authors' passt_roberta.ckpt, downloaded as their "
+                        f"README describes (the default place: {released.default_checkpoint_path()})")
     if released.is_released_checkpoint(checkpoint):
         config = released.RELEASED_CONFIG  # looked up now, so a test can stand a tiny architecture in
         config = config.replace(text_encoder=text_encoder) if text_encoder else config

@@ -59,6 +59,10 @@ def test_the_default_model_is_named_and_a_wrong_name_is_refused(trained_profile)
     assert words.startswith("SALSA: distilled from the stage-1 ensemble") and "member1" in words and "24.0 %" in words
     assert "not SALSA" in demo.describe_model(models["stage 2: control_from_member0"])
     assert demo.describe_model(models["stage 1: member0"]).startswith("stage 1")
+    lines = demo.menu_text(models, "stage 1: member1").splitlines()
+    assert lines[:2] == ["model: stage 1: member1", "menu:"] and len(lines) == 2 + len(models)
+    assert lines[2] == f"  stage 2: ensemble_from_member1: {words}"
+    assert [line[:2] for line in lines[2:]].count("* ") == 1 and lines[-1].startswith("* stage 1: member1: stage 1")
 
 
 def test_every_clip_a_caption_truly_describes_is_marked_not_only_its_own(tmp_path):

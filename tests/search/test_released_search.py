@@ -14,7 +14,7 @@ import torch
 
 from salsa_lib.core import encoders, released
 from salsa_lib.core.model import build_dual_encoder
-from salsa_lib.errors import ConfigError
+from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.search import cli, demo, menu, retrieval
 
 from fake_release import TINY, released_state, save
@@ -76,7 +76,8 @@ def test_the_demo_menu_names_the_release_and_searches_with_it(release, sounds):
     assert demo.choose_model(models) == menu.RELEASED_ENTRY  # the only model is the default
     words = demo.describe_model(release)
     assert "PaSST-S + RoBERTa-large" in words and "40.11 % mAP@10" in words and "DCASE 2024" in words
-    assert list(demo.menu_table(models)["what it is"]) == [words]
+    assert demo.menu_text(models, menu.RELEASED_ENTRY).splitlines() == [
+        f"model: {menu.RELEASED_ENTRY}", "menu:", f"* {menu.RELEASED_ENTRY}: {words}"]
     app = demo.QueryDemo(models, {"folder": demo.Collection(sounds)}, top_k=2)
     table, _ = app.query("a tone", menu.RELEASED_ENTRY, "folder")
     assert sorted(table["file"]) == ["long.wav", "short.flac"]
@@ -89,6 +90,8 @@ def test_an_absent_release_is_not_in_the_menu(tmp_path, monkeypatch):
     assert demo.available_models("nothing-trained") == {}
     with pytest.raises(ConfigError, match="passt_roberta.ckpt"):
         demo.choose_model({})
+    with pytest.raises(DataError, match="does not exist: give a best.ckpt of stage 1 or 2 .* passt_roberta.ckpt"):
+        retrieval.load_search_model(tmp_path / "data" / "checkpoints" / "passt_roberta.ckpt")
 
 
 def test_a_local_text_encoder_folder_is_taken_for_the_release_only(release, tmp_path, monkeypatch):
