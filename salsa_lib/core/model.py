@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salsa_lib.core.encoders import AudioEncoder, TextEncoder, build_passt
+from salsa_lib.core.encoders import AudioEncoder, TextEncoder, build_audio_encoder
 from salsa_lib.quiet import silence_third_party_noise
 
 
 class DualEncoder(nn.Module):
-    """PaSST + text transformer, one linear projection each, L2-normalised, fixed temperature."""
+    """An audio encoder (PaSST, or another family) + text transformer, one linear projection each,
+    L2-normalised, fixed temperature."""
 
     def __init__(self, audio: AudioEncoder, text: TextEncoder, embed_dim: int = 1024, tau: float = 0.05):
         super().__init__()
@@ -44,9 +45,8 @@ class DualEncoder(nn.Module):
 def build_dual_encoder(config) -> DualEncoder:
     """From a Stage1Config (or anything with its model fields)."""
     silence_third_party_noise()
-    passt = build_passt(config.audio_encoder, config.window_seconds, width=config.passt_width,
-                        depth=config.passt_depth, heads=config.passt_heads, pretrained=config.pretrained_audio)
-    audio = AudioEncoder(passt, config.window_seconds)
+    audio = build_audio_encoder(config.audio_encoder, config.window_seconds, width=config.passt_width,
+                                depth=config.passt_depth, heads=config.passt_heads, pretrained=config.pretrained_audio)
     text = TextEncoder(config.text_encoder, max_length=config.text_max_length, dropout=config.text_dropout,
                        trainable_layers=config.text_trainable_layers)
     return DualEncoder(audio, text, embed_dim=config.embed_dim, tau=config.tau)

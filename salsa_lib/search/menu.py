@@ -17,9 +17,11 @@ from salsa_lib.core import released
 from salsa_lib.data import data_sources
 from salsa_lib.errors import ConfigError
 
-# stage-2 students of *estimated* correspondences: SALSA itself (truth and control are our yardsticks)
-SALSA_TEACHERS = ("ensemble", "self")
-TEACHERS_IN_WORDS = {"ensemble": "SALSA: distilled from the stage-1 ensemble's estimated correspondences",
+SALSA_TEACHERS = runs.SALSA_KINDS
+TEACHERS_IN_WORDS = {"ensemble": "SALSA: distilled from the estimated correspondences of the stage-1 members of "
+                                 "its own architecture",
+                     "mixed": "SALSA: distilled from the estimated correspondences of the stage-1 members of "
+                              "every architecture",
                      "self": "SALSA: distilled from its own initial member's estimated correspondences",
                      "truth": "not SALSA: distilled from the synthetic set's known correspondences (a ceiling)",
                      "control": "not SALSA: the contrastive loss again, for as long (the control)"}

@@ -177,3 +177,62 @@ def example_batch(n_clips: int, size: int, rng: np.random.Generator, truth=None)
         if owners[j] not in owners[chosen]:
             chosen.append(int(j))
     return np.asarray(chosen)
+
+
+def ensemble_estimates(profile: str, payloads: list[dict], block: int = 2048) -> dict[str, np.ndarray]:
+    """Each ensemble kind's full-split mean cosine (``runs.ensembles``: one architecture, every family),
+    from the members' stored embeddings (``payloads``, as ``load_embeddings`` gives them)."""
+    position = {payload["member"]: m for m, payload in enumerate(payloads)}
+    out = {}
+    for kind, names in runs.ensembles(profile).items():
+        missing = [name for name in names if name not in position]
+        if missing:
+            raise DataError(f"the {kind} ensemble needs the embeddings of {missing}: rerun notebook 02")
+        audio, captions = stack_teachers([payloads[position[name]] for name in names])
+        out[kind] = full_split_similarity(audio, captions, block)
+    return out
+
+
+def ensemble_membership(profile: str) -> pd.DataFrame:
+    """Which members form each ensemble kind, of which audio encoders, and whether a student's own
+    initial member is among its teachers (it is, in both kinds, as in the original)."""
+    encoders = runs.member_audio_encoders(profile)
+    initial = {name for name, family in encoders.items() if family == encoders["member0"]}  # students start there
+    rows = []
+    for kind, names in runs.ensembles(profile).items():
+        rows.append({"ensemble": kind, "members": ", ".join(names),
+                     "audio encoders": ", ".join(dict.fromkeys(encoders[name] for name in names)),
+                     "student's own member included": initial <= set(names)})
+    return pd.DataFrame(rows)
+
+
+ENSEMBLE_NAMES = {"ensemble": "same-architecture ensemble", "mixed": "mixed ensemble"}  # runs.ENSEMBLE_KINDS in words
+
+
+def quality_in_words(quality: pd.DataFrame) -> str:
+    """What notebook 02's quality table shows, in a few sentences: each ensemble's AP against the best
+    and worst member's and the i = j assumption's, in percent. One estimate each on one split: a
+    ranking of this run, not a finding with an interval."""
+    ap = quality.set_index("estimate")["AP"].mul(100)
+    members = ap[ap.index.str.fullmatch(r"member\d+")]
+    family = quality.set_index("estimate").get("audio encoder", pd.Series(dtype=str))
+    named = {name: f"{name}" + (f" ({family[name]})" if family.get(name) else "") for name in members.index}
+    said = []
+    if len(members):
+        best, worst = members.idxmax(), members.idxmin()
+        said.append(f"Against the true correspondences the members score AP {members.min():.2f}–{members.max():.2f} % "
+                    f"(best {named[best]}, lowest {named[worst]})")
+    kinds = [kind for kind in runs.ENSEMBLE_KINDS if kind in ap.index]
+    if kinds:
+        said.append("the " + " and the ".join(f"{ENSEMBLE_NAMES[kind]} {ap[kind]:.2f} %" for kind in kinds))
+    identity = [name for name in ap.index if name.startswith("i = j")]
+    if identity:
+        said.append(f"stage 1's i = j assumption {ap[identity[0]]:.2f} %")
+    text = "; ".join(said) + "." if said else "No estimate was scored."
+    if len(kinds) == 2:
+        gap = ap[kinds[1]] - ap[kinds[0]]
+        text += (f" The {ENSEMBLE_NAMES[kinds[1]]} is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} the "
+                 f"{ENSEMBLE_NAMES[kinds[0]]}" + (f" and {ap[kinds[1]] - members.max():+.2f} points from the best member"
+                                      if len(members) else "") + ".")
+    return text + (" Each figure is one estimate of this run's training split, with no seeds to spread over: a "
+                   "ranking of these teachers, not a finding; notebook 04 asks whether the students it trains differ.")

@@ -273,7 +273,7 @@ def plot_rank_curves(curves: pd.DataFrame, n_clips: int, split_name: str, weight
 
 def example_model(profile: str, table: pd.DataFrame) -> dict:
     """The model whose top results notebook 04 shows, chosen on the VALIDATION split (never the test
-    split it is shown on): the SALSA student (stage 2 taught by the ensemble or by itself) of the
+    split it is shown on): the SALSA student (stage 2 taught by an ensemble or by itself) of the
     latest grid with the highest validation mAP@10 of its best weights; without one, the stage-1
     member with the highest. Returns model, kind, the validation mAP@10 and how it was chosen."""
     candidates = []
@@ -281,10 +281,10 @@ def example_model(profile: str, table: pd.DataFrame) -> dict:
     scored = set(table.model[table.stage.astype(str) == "2"])
     grid = runs.stage2_grid(stage2) if (stage2 / runs.GRID_LISTING).exists() else {}
     for model, (kind, _) in grid.items():
-        if kind in ("ensemble", "self") and model in scored:
+        if kind in runs.SALSA_KINDS and model in scored:
             record = json.loads((stage2 / model / runs.RECORD).read_text())
             candidates.append({"model": model, "kind": kind, "val mAP@10": record["val"]["mAP@10"],
-                               "chosen as": "the SALSA student (ensemble or self teachers) with the highest "
+                               "chosen as": "the SALSA student (ensemble, mixed or self teachers) with the highest "
                                             "validation mAP@10"})
     if not candidates:
         for model in table.model[table.stage.astype(str) == "1"].unique():

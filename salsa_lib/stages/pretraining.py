@@ -5,7 +5,8 @@ initialised encoder trained on a few hundred captioned clips is far from that re
 PaSST first learns to tag a separate synthetic pool (``synth.tagging_pool``): which sources sound and
 with which attributes (``siren``, ``siren:low``, ``siren:end``, ...). The pool shares no clip with the
 benchmark's splits (checked on every run). The stage-1 members then start from these weights, as the
-paper's members start from AudioSet's.
+paper's members start from AudioSet's. The other families of the mixed ensemble (``audio_families``)
+are pretrained on the same pool with the same recipe, each into its own subfolder.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from salsa_lib import paths, provenance
-from salsa_lib.config import MODEL_SAMPLE_RATE, DataConfig, Stage1Config
-from salsa_lib.core.encoders import SMALL_PASST, AudioEncoder, build_passt
+from salsa_lib.config import MODEL_SAMPLE_RATE, SMALL_AUDIO_ENCODERS, DataConfig, Stage1Config
+from salsa_lib.core.encoders import SMALL_PASST, AudioEncoder, build_audio_encoder
 from salsa_lib.data import data_sources, synth, synth_scenes
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.files import atomic_path, atomic_write_json, file_digest
@@ -51,12 +52,15 @@ def tag_matrix(clips: list[dict], names: list[str]) -> np.ndarray:
     return out
 
 
-def folder(profile: str) -> Path:
-    return paths.results_dir(profile) / "pretraining"
+def folder(profile: str, audio_encoder: str = SMALL_PASST) -> Path:
+    """results/<profile>/pretraining/ for the small PaSST, a subfolder per other family."""
+    base = paths.results_dir(profile) / "pretraining"
+    return base if audio_encoder == SMALL_PASST else base / audio_encoder
 
 
-def checkpoint_path(profile: str) -> Path:
-    return folder(profile) / "passt_pretrained.pt"
+def checkpoint_path(profile: str, audio_encoder: str = SMALL_PASST) -> Path:
+    name = "passt" if audio_encoder == SMALL_PASST else audio_encoder
+    return folder(profile, audio_encoder) / f"{name}_pretrained.pt"
 
 
 def pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> tuple[np.ndarray, list[dict]]:
@@ -74,8 +78,8 @@ def pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> tupl
 
 
 def run_params(config: Stage1Config, data: DataConfig) -> dict:
-    """What the pretrained weights depend on: the pool, the encoder's shape and the optimisation."""
-    return {"clips": config.pretrain_clips, "seconds": config.window_seconds, "pool_seed": data.synthetic_seed,
+    """What the pretrained weights depend on: the pool, the encoder's family and shape, the optimisation."""
+    return {"audio_encoder": config.audio_encoder, "clips": config.pretrain_clips, "seconds": config.window_seconds, "pool_seed": data.synthetic_seed,
             "seed": config.seed, "epochs": config.pretrain_epochs, "lr": config.pretrain_lr,
             "batch_size": config.batch_size, "width": config.passt_width, "depth": config.passt_depth,
             "heads": config.passt_heads, "window_seconds": config.window_seconds, "tags": len(tag_names()),
@@ -92,21 +96,24 @@ def pretrain_or_reuse(config: Stage1Config, data: DataConfig, progress: bool = T
     """Cache-or-compute: reuse the weights trained with the same parameters unless ``force``."""
     if config.pretrain_clips == 0:
         raise ConfigError("pretrain_clips is 0: this profile does not pretrain the audio encoder")
-    params, record_path = run_params(config, data), folder(config.profile) / "run.json"
-    if record_path.exists() and checkpoint_path(config.profile).exists() and not force:
+    if config.audio_encoder not in SMALL_AUDIO_ENCODERS:
+        raise ConfigError(f"pretrain_clips={config.pretrain_clips} pretrains the small encoders only "
+                          f"({', '.join(SMALL_AUDIO_ENCODERS)}); {config.audio_encoder!r} has its own weights")
+    weights = checkpoint_path(config.profile, config.audio_encoder)
+    params, record_path = run_params(config, data), folder(config.profile, config.audio_encoder) / "run.json"
+    if record_path.exists() and weights.exists() and not force:
         record = json.loads(record_path.read_text())
-        if record["params"] == params and record["checkpoint_sha256"] == file_digest(checkpoint_path(config.profile)):
+        if record["params"] == params and record["checkpoint_sha256"] == file_digest(weights):
             return record
     audio, clips = pool(config.pretrain_clips, config.window_seconds, data.synthetic_seed, progress)
     if data.dataset == "synthetic":
         _check_disjoint(clips, audio.shape[1], data)
     started = time.perf_counter()
-    passt, metrics = train_tagger(audio, tag_matrix(clips, tag_names()), config, progress)
+    trunk, metrics = train_tagger(audio, tag_matrix(clips, tag_names()), config, progress)
     # through a file object: torch.save names the archive after a path, and the temporary one is random
-    with atomic_path(checkpoint_path(config.profile), suffix=".pt") as tmp, open(tmp, "wb") as handle:
-        torch.save({"passt": passt.state_dict(), "params": params, "tags": tag_names()}, handle)
-    record = {"params": params, "checkpoint": checkpoint_path(config.profile).name,
-              "checkpoint_sha256": file_digest(checkpoint_path(config.profile)),
+    with atomic_path(weights, suffix=".pt") as tmp, open(tmp, "wb") as handle:
+        torch.save({"passt": trunk.state_dict(), "params": params, "tags": tag_names()}, handle)
+    record = {"params": params, "checkpoint": weights.name, "checkpoint_sha256": file_digest(weights),
               "seconds": round(time.perf_counter() - started, 1), **metrics, **provenance.run_metadata()}
     atomic_write_json(record_path, record)
     return record
@@ -119,19 +126,21 @@ def _check_disjoint(clips: list[dict], n_samples: int, data: DataConfig) -> None
                         f"{hits[0][1]}/{hits[0][2]}; the pool must be disjoint from train/val/test")
 
 
-def load_pretrained(passt: nn.Module, profile: str, record: dict) -> None:
-    """Put the pretrained weights into a freshly built small PaSST (shapes must match exactly)."""
-    path = checkpoint_path(profile)
+def load_pretrained(trunk: nn.Module, profile: str, record: dict) -> None:
+    """Put the pretrained weights into a freshly built window backbone of the same family and shape
+    (``AudioEncoder.trunk``; shapes must match exactly). The file's key says "passt" for every family."""
+    path = checkpoint_path(profile, record["params"].get("audio_encoder", SMALL_PASST))
     if file_digest(path) != record["checkpoint_sha256"]:
         raise DataError(f"{path} changed since it was trained (hash mismatch); rerun notebook 01 with --force")
-    passt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["passt"])
+    trunk.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["passt"])
 
 
 def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, progress: bool = True):
-    """Multi-label tagging (binary cross-entropy) with patchout and the mel jitter on; returns the PaSST."""
+    """Multi-label tagging (binary cross-entropy) with the mel jitter (and PaSST's patchout) on; returns
+    the trained window backbone (``AudioEncoder.trunk``) of ``config.audio_encoder``."""
     torch.manual_seed(config.seed)
-    encoder = AudioEncoder(build_passt(SMALL_PASST, config.window_seconds, config.passt_width, config.passt_depth,
-                                       config.passt_heads), config.window_seconds)
+    encoder = build_audio_encoder(config.audio_encoder, config.window_seconds, config.passt_width, config.passt_depth,
+                                  config.passt_heads, pretrained=False)
     n_val = max(1, int(round(HELD_OUT * len(audio))))
     head = tagging_head(encoder.dim, tags[: len(audio) - n_val])
     power = torch.cat([encoder.power(torch.from_numpy(audio[k:k + 64])) for k in range(0, len(audio), 64)])
@@ -164,7 +173,7 @@ def train_tagger(audio: np.ndarray, tags: np.ndarray, config: Stage1Config, prog
         if progress:
             print(f"pretraining epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
                                                             if k != "epoch"), flush=True)
-    return encoder.passt, {"held_out_clips": n_val, "before": before, "after": history[-1], "history": history}
+    return encoder.trunk, {"held_out_clips": n_val, "before": before, "after": history[-1], "history": history}
 
 
 def tagging_head(dim: int, train_tags: np.ndarray) -> nn.Linear:

@@ -1,6 +1,9 @@
 """Stage 1: train the ensemble members, each in its own folder under results/<profile>/stage1/.
 
-Member k trains with seed + k. Reuse, resume and move-aside rules: ``run_folders.train_or_reuse``.
+Members 0..members-1 have the configured audio encoder (the students' architecture); then one member
+of each family in ``other_members`` (a mixed ensemble, as the original README advises), trained with
+the same recipe and text encoder. Member k trains with seed + k. Reuse, resume and move-aside rules:
+``run_folders.train_or_reuse``.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ import lightning.pytorch as pl
 import pandas as pd
 
 from salsa_lib import reports, runs
-from salsa_lib.config import DataConfig, Stage1Config
+from salsa_lib.config import SMALL_AUDIO_ENCODERS, DataConfig, Stage1Config
 from salsa_lib.data import data_sources
 from salsa_lib.data.splits import split_fingerprint
+from salsa_lib.errors import ConfigError
 from salsa_lib.files import atomic_write_json
 from salsa_lib.stages import parallel_runs, precision, pretraining
 from salsa_lib.stages.run_folders import announce_finished, train_or_reuse
@@ -24,21 +28,51 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True,
 
     ``pretrained``: the pretraining record when the caller already has it (else it is made or reused here).
     """
+    plan = member_configs(config)  # refuses an unknown family before anything trains
     data_sources.load_splits(data, splits=("train", "val"), progress=progress)  # audio caches built once, here
-    if config.pretrain_clips and pretrained is None:
-        pretrained = pretraining.pretrain_or_reuse(config, data, progress, force)
-    workers, threads, _ = plan = parallel_runs.plan_workers(config, config.members)
+    given = {config.audio_encoder: pretrained} if pretrained is not None else {}
+    starts = pretrain_families(config, data, progress, force, given)  # audio encoder -> its pretraining record
+    workers, threads, _ = worker_plan = parallel_runs.plan_workers(config, len(plan))
     if progress:
         precision.announce(config.precision, config.accelerator)
-        print(parallel_runs.describe(plan, config.members, "members"), flush=True)
-    jobs = [(config, data, k, progress and workers == 1, pretrained, force) for k in range(config.members)]
+        print(parallel_runs.describe(worker_plan, len(plan), "members"), flush=True)
+    jobs = [(member_config, data, k, progress and workers == 1, starts.get(member_config.audio_encoder), force)
+            for k, member_config in enumerate(plan)]
     records = parallel_runs.run_all(_member_job, jobs, workers, threads, announce_finished if progress and workers > 1 else None)
     atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
-                      {"members": [r["folder"] for r in records], "params": config.to_params()})
-    table = pd.DataFrame([{"member": k, "seed": r["run"]["seed"], "best_epoch": r["best_epoch"],
-                           **r["val"], "seconds": r["seconds"]} for k, r in enumerate(records)])
+                      {"members": [r["folder"] for r in records], "params": config.to_params(),
+                       "audio_encoders": {r["folder"]: r["run"]["audio_encoder"] for r in records}})
+    table = pd.DataFrame([{"member": k, "audio_encoder": r["run"]["audio_encoder"], "seed": r["run"]["seed"],
+                           "best_epoch": r["best_epoch"], **r["val"], "seconds": r["seconds"]}
+                          for k, r in enumerate(records)])
     reports.write_table(table, config.profile, "stage1_members")
     return table
+
+
+def pretrain_families(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False,
+                      given: dict | None = None) -> dict[str, dict]:
+    """Each member family's pretraining record, made or reused (``given``: records the caller has);
+    empty where the profile does not pretrain (``pretrain_clips = 0``)."""
+    if not config.pretrain_clips:
+        return {}
+    families = {c.audio_encoder: c for c in member_configs(config)}
+    return {family: (given or {}).get(family) or pretraining.pretrain_or_reuse(family_config, data, progress, force)
+            for family, family_config in families.items()}
+
+
+def member_configs(config: Stage1Config) -> list[Stage1Config]:
+    """Member k's config: ``members`` of ``audio_encoder``, then one of each ``other_members`` family.
+
+    A member's config names no other member (``other_members`` empty), so adding a family never
+    retrains the members already there.
+    """
+    families = config.other_families
+    unknown = [f for f in families if f not in SMALL_AUDIO_ENCODERS or f == config.audio_encoder]
+    if unknown:
+        raise ConfigError(f"other_members={config.other_members!r}: {unknown} is not another small audio-encoder "
+                          f"family; choose from {[f for f in SMALL_AUDIO_ENCODERS if f != config.audio_encoder]}")
+    own = config.replace(other_members="")
+    return [own] * config.members + [own.replace(audio_encoder=family) for family in families]
 
 
 def _member_job(config: Stage1Config, data: DataConfig, member: int, progress: bool, pretrained: dict | None,
@@ -66,7 +100,7 @@ def train_member(config: Stage1Config, member: int, train, val, progress: bool =
         train_set, train_loader, val_loader = make_loaders(member_config, train, val)
         module = RetrievalModule(params, steps_per_epoch=len(train_loader), run=run)
         if pretrained is not None:
-            pretraining.load_pretrained(module.model.audio_encoder.passt, config.profile, pretrained)
+            pretraining.load_pretrained(module.model.audio_encoder.trunk, config.profile, pretrained)
         module.val_captions = val.captions
         return fit(module, runs.member_dir(config.profile, member), train_set, train_loader, val_loader, progress)
 

@@ -90,17 +90,23 @@ def run_dir(profile: str, run: StudentRun) -> Path:
     return runs.stage2_dir(profile) / name
 
 
-def teacher_names(run: StudentRun) -> list[str] | None:
-    """Stage-1 members whose embeddings teach ``run``: all listed (None), the initial one, or none."""
-    return {"ensemble": None, "self": [f"member{run.init_member}"]}.get(run.teachers, [])
+def teacher_names(profile: str, run: StudentRun) -> list[str]:
+    """Stage-1 members whose embeddings teach ``run``: the members of its initial member's architecture
+    (``ensemble``), every member (``mixed``), the initial member alone (``self``), or none."""
+    initial = f"member{run.init_member}"
+    if run.teachers in runs.ENSEMBLE_KINDS:
+        return runs.ensembles(profile, initial)[run.teachers]
+    return [initial] if run.teachers == "self" else []
 
 
 def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: bool = False) -> list[dict]:
     """Train (or reuse; ``force``: retrain) every planned stage-2 run of ``config``; returns their run records."""
-    listed = runs.member_folders(config.profile)
-    if config.students > len(listed):
-        raise ConfigError(f"students={config.students}, but stage 1 trained {len(listed)} members: student k "
-                          f"starts from member k, so train more members or ask for fewer students")
+    encoders = runs.member_audio_encoders(config.profile)
+    students_kind = [name for name, family in encoders.items() if family == encoders["member0"]]
+    if config.students > len(students_kind):
+        raise ConfigError(f"students={config.students}, but stage 1 trained {len(students_kind)} members of "
+                          f"{encoders['member0']} (the students' architecture): student k starts from member k, "
+                          "so train more members or ask for fewer students")
     splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
     if "truth" in config.teacher_kinds:
         _train_truth(data, splits["train"])  # refused here, before any run starts, when it cannot be had
@@ -141,8 +147,8 @@ def train_student(config: Stage2Config, run: StudentRun, train_split, val_split,
                   progress: bool = True, force: bool = False) -> dict:
     """Train (or reuse) one stage-2 run; ``truth``: (matrix, file hash) when ``run.teachers == 'truth'``."""
     init_folder, = runs.member_folders(config.profile, [f"member{run.init_member}"])  # exists and is listed
-    names = teacher_names(run)
-    teachers = runs.member_folders(config.profile, names) if names != [] else []
+    names = teacher_names(config.profile, run)
+    teachers = runs.member_folders(config.profile, names) if names else []
     payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train_split, runs.checkpoint(f))
                 for f in teachers]
     init_checkpoint = runs.checkpoint(init_folder)

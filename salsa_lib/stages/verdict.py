@@ -23,12 +23,12 @@ from salsa_lib.core import metrics
 
 METRICS = ("mAP@10", "multi mAP@10")
 # row order of the verdict table: floor, stage 1, control, the teachers, ceiling
-ROWS = ("chance", "i = j (stage 1)", "control", "self", "ensemble", "truth", "oracle ranking")
+ROWS = ("chance", "i = j (stage 1)", "control", "self", "ensemble", "mixed", "truth", "oracle ranking")
 STAGE1 = ROWS[1]  # the stage-1 members: the kind trained on the i = j labels
 # one colour per kind of model, the same in every figure of notebooks 03 and 04
 KIND_COLORS = {STAGE1: "#7f7f7f", "control": "#e08214", "self": "#8073ac", "ensemble": "#2166ac",
-               "truth": "#1b9e77", "released": "#b2182b"}
-KIND_ORDER = (STAGE1, "control", "self", "ensemble", "truth")
+               "mixed": "#67a9cf", "truth": "#1b9e77", "released": "#b2182b"}
+KIND_ORDER = (STAGE1, "control", "self", "ensemble", "mixed", "truth")
 WEIGHT_MARKERS = {"best": "o", "last": "s"}
 WEIGHTS_LABELS = {"best": "best-validation weights", "last": "last-epoch weights"}
 REFERENCES = ("stage 1", "control")  # what each paired difference is taken against
@@ -169,12 +169,16 @@ def estimate_quality_by_kind(quality: pd.DataFrame) -> dict:
     """The correspondence-quality table (notebook 02) keyed by teacher kind: what each kind distils."""
     by_name = quality.set_index("estimate")[["ROC-AUC", "AP"]]
     members = by_name[by_name.index.str.fullmatch(r"member\d+")]
+    if "audio encoder" in quality:  # self students start from members of member0's family only
+        family = quality.set_index("estimate")["audio encoder"]
+        members = members[family.reindex(members.index) == family.get("member0")]
     out = {}
     truth = [name for name in by_name.index if name.startswith("truth")]
     if truth:
         out["truth"] = by_name.loc[truth[0]].to_dict()
-    if "ensemble" in by_name.index:
-        out["ensemble"] = by_name.loc["ensemble"].to_dict()
+    for kind in runs.ENSEMBLE_KINDS:
+        if kind in by_name.index:
+            out[kind] = by_name.loc[kind].to_dict()
     if len(members):
         out["self"] = members.mean().to_dict()  # each self student distils its own member's estimate
     identity = [name for name in by_name.index if name.startswith("i = j")]

@@ -296,3 +296,31 @@ def test_a_local_text_encoder_folder_without_the_files_is_named(tmp_path):
     with pytest.raises(ConfigError, match="could not be loaded.*config.json") as err:
         TextEncoder(str(tmp_path))
     assert str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["mobilenet_small", "frames_small"])
+def test_the_other_families_embed_windows_like_passt(family):
+    """Same input, same output shape as the small PaSST; a clip's embedding is the mean over the windows
+    that hold audio, and a padded window changes nothing (the masked mean)."""
+    from salsa_lib.core.encoders import build_audio_encoder
+
+    torch.manual_seed(0)
+    encoder = build_audio_encoder(family, 1.0, width=32, depth=1, heads=2).eval()
+    assert encoder.passt is None and encoder.trunk is encoder.backbone and encoder.dim == 32
+    audio = torch.randn(2, 32000) * 0.1
+    one = encoder(audio, torch.ones(2))
+    assert one.shape == (2, 32) and torch.isfinite(one).all()
+    padded = torch.cat([audio, torch.zeros(2, 32000)], dim=1)  # a second, empty window
+    torch.testing.assert_close(encoder(padded, torch.full((2,), 0.5)), one)
+    two = encoder(torch.cat([audio, audio.flip(0)], dim=1), torch.ones(2))
+    torch.testing.assert_close(two, (one + one.flip(0)) / 2, rtol=1e-4, atol=1e-5)
+    assert not any(k.startswith("passt.") for k in encoder.state_dict())
+
+
+def test_small_audio_encoder_names_are_declared_once():
+    from salsa_lib.config import SMALL_AUDIO_ENCODERS
+    from salsa_lib.core import audio_families
+    from salsa_lib.core.encoders import AUDIO_ENCODERS, SMALL_PASST
+
+    assert (SMALL_PASST, *audio_families.FAMILIES) == SMALL_AUDIO_ENCODERS
+    assert set(SMALL_AUDIO_ENCODERS) < set(AUDIO_ENCODERS)

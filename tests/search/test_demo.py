@@ -56,7 +56,8 @@ def test_the_default_model_is_named_and_a_wrong_name_is_refused(trained_profile)
     with pytest.raises(ConfigError, match="no trained model"):
         demo.choose_model({})
     words = demo.describe_model(models["stage 2: ensemble_from_member1"])
-    assert words.startswith("SALSA: distilled from the stage-1 ensemble") and "member1" in words and "24.0 %" in words
+    assert words.startswith("SALSA: distilled from the estimated correspondences of the stage-1 members of its own") \
+        and "member1" in words and "24.0 %" in words
     assert "not SALSA" in demo.describe_model(models["stage 2: control_from_member0"])
     assert demo.describe_model(models["stage 1: member0"]).startswith("stage 1")
     lines = demo.menu_text(models, "stage 1: member1").splitlines()

@@ -120,3 +120,19 @@ def test_example_batch_puts_true_matches_off_the_diagonal():
     plain = corr.example_batch(n_clips, 8, np.random.default_rng(0))
     assert len(set(owners[plain])) == 8
     assert len(corr.example_batch(3, 8, np.random.default_rng(0), truth[:3, :15])) == 3  # no more than the clips
+
+
+def test_the_quality_table_in_words_names_every_ensemble_and_calls_nothing_a_finding():
+    import pandas as pd
+
+    quality = pd.DataFrame({"estimate": ["i = j (stage-1 assumption)", "member0", "member1", "member2", "ensemble",
+                                         "mixed", "truth (ceiling)"],
+                            "audio encoder": ["", "passt_small", "passt_small", "frames_small", "", "", ""],
+                            "ROC-AUC": [0.5] * 7, "AP": [0.14, 0.198, 0.2, 0.15, 0.211, 0.25, 1.0]})
+    words = corr.quality_in_words(quality)
+    assert "AP 15.00–20.00 %" in words and "best member1 (passt_small), lowest member2 (frames_small)" in words
+    assert "the same-architecture ensemble 21.10 % and the mixed ensemble 25.00 %" in words
+    assert "i = j assumption 14.00 %" in words
+    assert ("The mixed ensemble is 3.90 points above the same-architecture ensemble and +5.00 points from the best "
+            "member.") in words
+    assert "not a finding" in words

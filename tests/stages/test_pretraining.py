@@ -76,7 +76,29 @@ def test_pretraining_is_cached_checked_and_loaded(tiny_home, tiny_stage1, monkey
         pretraining.load_pretrained(passt, "test", {**record, "checkpoint_sha256": "0" * 64})
 
 
-def test_pretraining_only_for_the_small_passt():
+def test_pretraining_only_for_the_small_encoders():
     with pytest.raises(ConfigError, match="pretrain_clips"):
         Stage1Config(audio_encoder="passt_s_p16_s16_128_ap468", pretrain_clips=10)
+    assert Stage1Config(audio_encoder="frames_small", pretrain_clips=10).pretrain_clips == 10
     assert Stage1Config(pretrain_clips=0).pretrain_clips == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mobilenet_small", "frames_small"])
+def test_every_small_family_pretrains_into_its_own_folder(tiny_home, tiny_stage1, family):
+    """The other families of the mixed ensemble learn to tag the same pool; their weights load into a
+    fresh backbone of the family and never overwrite the small PaSST's."""
+    from salsa_lib.core.encoders import build_audio_encoder
+
+    data = data_sources.load_data_config("test")
+    config = tiny_stage1.replace(pretrain_clips=12, pretrain_epochs=1, audio_encoder=family)
+    record = pretraining.pretrain_or_reuse(config, data, progress=False)
+    assert record["params"]["audio_encoder"] == family and 0 <= record["after"]["tag mAP"] <= 1
+    path = pretraining.checkpoint_path("test", family)
+    assert path.parent.name == family and path != pretraining.checkpoint_path("test")
+    fresh = build_audio_encoder(family, config.window_seconds, config.passt_width, config.passt_depth,
+                                config.passt_heads).trunk
+    pretraining.load_pretrained(fresh, "test", record)
+    stored = torch.load(path, weights_only=True)["passt"]
+    assert stored.keys() == fresh.state_dict().keys()
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in stored.items())

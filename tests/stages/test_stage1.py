@@ -209,3 +209,35 @@ def test_a_rerun_on_the_same_machine_and_threads_is_bit_identical(tiny_home, tin
     for name, tensor in first.items():
         assert torch.equal(again[name], tensor), name  # exact, not close
     assert json.loads((runs.member_dir("test", 0) / runs.RECORD).read_text())["val"] == record["val"]
+
+
+def test_other_families_train_as_more_members_with_the_same_recipe(tiny_home, tiny_stage1):
+    """A mixed ensemble: members 0..K-1 of the students' architecture, then one of each other family,
+    every one with the same recipe, text encoder and the next seed, each listed with its family."""
+    config = tiny_stage1.replace(other_members="mobilenet_small,frames_small")
+    table = _train(config)
+    assert list(table.audio_encoder) == ["passt_small", "mobilenet_small", "frames_small"]
+    assert list(table.seed) == [config.seed, config.seed + 1, config.seed + 2]
+    listing = json.loads((runs.stage1_dir("test") / runs.MEMBERS_LISTING).read_text())
+    assert listing["members"] == ["member0", "member1", "member2"]
+    assert runs.member_audio_encoders("test") == listing["audio_encoders"] == dict(zip(listing["members"], table.audio_encoder))
+    records = [json.loads((runs.member_dir("test", k) / runs.RECORD).read_text())["run"] for k in range(3)]
+    recipe = {k: v for k, v in records[0].items() if k not in ("audio_encoder", "seed", "other_members")}
+    for record in records[1:]:  # the same recipe and text encoder
+        assert {k: record[k] for k in recipe} == recipe
+    model, member_config = load_member(runs.checkpoint(runs.member_dir("test", 1)))
+    assert member_config.audio_encoder == "mobilenet_small" and model.audio_encoder.passt is None
+    assert runs.ensembles("test") == {"ensemble": ["member0"], "mixed": ["member0", "member1", "member2"]}
+    # adding or dropping a family leaves the members already trained as they are
+    best = runs.checkpoint(runs.member_dir("test", 0)).read_bytes()
+    _train(config.replace(other_members="mobilenet_small"))
+    assert runs.checkpoint(runs.member_dir("test", 0)).read_bytes() == best
+    assert not (runs.stage1_dir("test") / ".previous" / "member0-1").exists()
+
+
+def test_an_unknown_family_is_refused_before_anything_trains(tiny_home, tiny_stage1):
+    from salsa_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="other_members='mobilenet,passt_small'.*mobilenet"):
+        _train(tiny_stage1.replace(other_members="mobilenet,passt_small"))
+    assert not runs.stage1_dir("test").exists()

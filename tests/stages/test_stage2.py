@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -156,3 +158,30 @@ def test_notebook_03s_plan_fits_a_laptop_and_says_so(trained, monkeypatch, capsy
     assert (workers, threads) == (4, 2)
     assert ("training 6 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 3.6 GiB per run "
             "(4 fit), 6 runs; limited by memory)") in capsys.readouterr().out
+
+
+def test_same_architecture_and_mixed_ensembles_teach_their_members(tiny_home, tiny_stage1):
+    """ensemble: the members of the student's architecture (its own included); mixed: every family;
+    students start only from members of their own architecture."""
+    data = data_sources.load_data_config("test")
+    stage1.train_members(tiny_stage1.replace(members=2, other_members="frames_small"), data, progress=False)
+    train = data_sources.load_splits(data, ("train",), progress=False)["train"]
+    correspondences.embed_members("test", train, batch_size=8)
+    config = Stage2Config(**{**STAGE2, "students": 2}, teachers="ensemble,mixed,self")
+    records = stage2.train(config, data, progress=False)
+    teachers = {r["folder"]: r["run"]["teacher_members"] for r in records}
+    assert teachers["ensemble_from_member1"] == ["member0", "member1"]
+    assert teachers["mixed_from_member0"] == teachers["mixed_from_member1"] == ["member0", "member1", "member2"]
+    assert teachers["self_from_member1"] == ["member1"]
+    membership = correspondences.ensemble_membership("test").set_index("ensemble")
+    assert membership.loc["mixed", "audio encoders"] == "passt_small, frames_small"
+    assert membership["student's own member included"].all()
+    payloads = [correspondences.load_embeddings(correspondences.embeddings_path(f), train)
+                for f in runs.member_folders("test")]
+    estimates = correspondences.ensemble_estimates("test", payloads, block=7)
+    audio, captions = correspondences.stack_teachers(payloads[:2])
+    np.testing.assert_allclose(estimates["ensemble"], correspondences.full_split_similarity(audio, captions), rtol=1e-6)
+    assert estimates["mixed"].shape == estimates["ensemble"].shape
+    assert not np.allclose(estimates["mixed"], estimates["ensemble"])
+    with pytest.raises(ConfigError, match="2 members of passt_small"):  # member2 is no PaSST to start from
+        stage2.train(Stage2Config(**{**STAGE2, "students": 3}, teachers="self"), data, progress=False)
