@@ -54,8 +54,8 @@ def test_the_table_is_notebook_04s_compact_table():
     """One rendering for both: stage 1 minus the control is not printed as a result of its own."""
     run = _run()
     lines = readme_verdict.verdict_table(run["verdict"])
-    assert lines[0] == ("| system | weights | seeds | mAP@10 | Δ stage 1 | Δ control | multi mAP@10 | multi Δ stage 1 "
-                        "| multi Δ control | estimate ROC-AUC / AP |")
+    assert lines[0] == ("| system | weights | seeds | mAP@10 (%) | Δ stage 1 | Δ control | multi mAP@10 (%) | multi Δ stage 1 "
+                        "| multi Δ control | estimate ROC-AUC / AP (%) |")
     stage1 = next(line for line in lines if line.startswith("| i = j (stage 1) | best |"))
     assert stage1.split(" | ")[4:6] == ["", ""]
     control = next(r for r in run["verdict"] if r["system"] == "control" and r["weights"] == "best")

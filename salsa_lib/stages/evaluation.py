@@ -75,15 +75,16 @@ def evaluate(model, split: ClothoSplit, seconds: float, batch_size: int = 32, de
 
 
 def mean_and_std(table: pd.DataFrame, by: list[str], columns=METRICS) -> pd.DataFrame:
-    """Mean ± sample std (ddof 1) over seeds, in percent, as the paper reports them.
+    """Mean ± sample std (ddof 1) over seeds, in percent with two decimals, as the paper reports them;
+    columns named "<metric> (%)".
 
     ddof 1, as the verdict's tables: a few seeds estimate the spread of all seeds. One seed has no
     spread to estimate, so its std reads "n/a" (NaN), never a reassuring 0.
     """
     grouped = table.groupby(by)[columns]
-    std = grouped.std(ddof=1).mul(100).round(2).map(lambda v: "n/a" if np.isnan(v) else str(v))
-    out = grouped.mean().mul(100).round(2).astype(str) + " ± " + std
-    return out.assign(seeds=grouped.size()).reset_index()
+    std = grouped.std(ddof=1).mul(100).map(lambda v: "n/a" if np.isnan(v) else f"{v:.2f}")
+    out = grouped.mean().mul(100).map(lambda v: f"{v:.2f}") + " ± " + std
+    return out.rename(columns=lambda c: f"{c} (%)").assign(seeds=grouped.size()).reset_index()
 
 
 def top_k_examples(evaluation: Evaluation, split: ClothoSplit, queries, k: int = 5, truth=None) -> pd.DataFrame:
@@ -181,7 +182,7 @@ def compact_view(table: pd.DataFrame, columns=METRICS) -> pd.DataFrame:
     a last-epoch row that repeats the best weights says so instead of reading as a second result."""
     view = table[["model", "weights"]].copy()
     for column in columns:
-        view[f"{column} (%)"] = (100 * table[column]).round(2)
+        view[f"{column} (%)"] = (100 * table[column]).map(lambda v: f"{v:.2f}")
     same = table.get("same_weights_as_best", pd.Series(False, index=table.index)).fillna(False).astype(bool)
     view["note"] = np.where(same, "same weights as best", "")
     return view

@@ -362,7 +362,7 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
                "seeds": "" if pd.isna(row["seeds"]) else int(row["seeds"]) or ""}
         for metric in METRICS:
             prefix = metric.removesuffix(METRICS[0])  # "" or "multi "
-            out[metric] = spread(row.get(f"{metric} mean"), row.get(f"{metric} std"))
+            out[f"{metric} (%)"] = spread(row.get(f"{metric} mean"), row.get(f"{metric} std"))
             for reference in REFERENCES:
                 # stage 1 minus the control is the control's Δ stage 1 turned round: not a result of its own
                 mean = np.nan if row["system"] == STAGE1 else row.get(f"{metric} Δ {reference} mean")
@@ -373,7 +373,7 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
                     f"{interval if interval != 'n/a' else '[n/a]'} ({row.get(f'{metric} Δ {reference} wins')})")
         if "estimate AP" in row:
             auc, ap = row.get("estimate ROC-AUC"), row.get("estimate AP")
-            out["estimate ROC-AUC / AP"] = "" if ap is None or pd.isna(ap) else f"{auc:.3f} / {ap:.3f}"
+            out["estimate ROC-AUC / AP (%)"] = "" if ap is None or pd.isna(ap) else f"{100 * auc:.2f} / {100 * ap:.2f}"
         rows.append(out)
     return pd.DataFrame(rows)
 

@@ -20,10 +20,10 @@ def test_mean_and_std_in_percent_with_the_verdicts_sample_std():
                           "R@1": [0.0, 0.1, 0.2, 0.0, 0.0, 0.0], "R@5": 0.5, "R@10": 1.0})
     out = evaluation.mean_and_std(table, by=["stage"]).set_index("stage")
     # ddof 1: the std of (10, 20) is 7.07, not the population std 5.0
-    assert out.loc[1, "mAP@10"] == "15.0 ± 7.07" and out.loc[1, "seeds"] == 2
-    assert out.loc[3, "mAP@10"] == f"30.0 ± {round(100 * np.std([0.1, 0.2, 0.6], ddof=1), 2)}" == "30.0 ± 26.46"
-    assert out.loc[3, "R@5"] == "50.0 ± 0.0"
-    assert out.loc[2, "R@1"] == "20.0 ± n/a" and out.loc[2, "seeds"] == 1  # one seed: no spread to report
+    assert out.loc[1, "mAP@10 (%)"] == "15.00 ± 7.07" and out.loc[1, "seeds"] == 2
+    assert out.loc[3, "mAP@10 (%)"] == f"30.00 ± {100 * np.std([0.1, 0.2, 0.6], ddof=1):.2f}" == "30.00 ± 26.46"
+    assert out.loc[3, "R@5 (%)"] == "50.00 ± 0.00"
+    assert out.loc[2, "R@1 (%)"] == "20.00 ± n/a" and out.loc[2, "seeds"] == 1  # one seed: no spread to report
 
 
 def test_top_k_examples_mark_the_own_clip_and_every_truly_matching_one():
@@ -68,12 +68,12 @@ def test_kinds_compact_view_and_results_by_kind(tmp_path):
     view = evaluation.compact_view(table)
     assert list(view.columns) == ["model", "weights", "mAP@10 (%)", "R@1 (%)", "R@5 (%)", "R@10 (%)", "note"]
     assert list(view.note[view.note != ""].index) == [3]  # member1's last row repeats its best weights
-    assert view.loc[0, "mAP@10 (%)"] == 20.0
+    assert view.loc[0, "mAP@10 (%)"] == "20.00"
     ours = evaluation.results_by_kind(table, kinds)
     # the verdict's order of kinds (stage 1, control, teachers), best before last
     assert list(zip(ours.kind, ours.weights)) == [(k, w) for k in ("i = j (stage 1)", "control", "ensemble")
                                                   for w in ("best", "last")]
-    assert ours.set_index(["kind", "weights"]).loc[("control", "best"), "mAP@10"] == "29.0 ± 1.41"
+    assert ours.set_index(["kind", "weights"]).loc[("control", "best"), "mAP@10 (%)"] == "29.00 ± 1.41"
     # a stage-2 run with other loss weights is a kind of its own
     record = tmp_path / "ensemble_from_member1" / "run.json"
     record.write_text(json.dumps({"run": {"teachers": "ensemble", "sup_weight": 1.0, "distill_weight": 1.0}}))

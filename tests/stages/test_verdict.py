@@ -301,15 +301,15 @@ def test_compact_verdict_reads_like_the_readme_table(tmp_path):
     _write_results(tmp_path / "results", rows, kinds)
     _quality(tmp_path / "results")
     compact = verdict.compact(verdict.verdict_from_files(tmp_path / "results", TRUTH_5)).set_index(["system", "weights"])
-    assert list(compact.columns) == ["seeds", "mAP@10", "Δ stage 1", "Δ control", "multi mAP@10", "multi Δ stage 1",
-                                     "multi Δ control", "estimate ROC-AUC / AP"]
+    assert list(compact.columns) == ["seeds", "mAP@10 (%)", "Δ stage 1", "Δ control", "multi mAP@10 (%)",
+                                     "multi Δ stage 1", "multi Δ control", "estimate ROC-AUC / AP (%)"]
     row = compact.loc[("ensemble", "best")]
     # mean ± sample std [95 % paired t interval] (students ahead), in points
-    assert row["mAP@10"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 [−2.07, +9.40] (3/3)"
-    assert row["Δ control"] == "+2.00 ± 2.65 [−4.57, +8.57] (2/3)" and row["estimate ROC-AUC / AP"] == "0.950 / 0.600"
+    assert row["mAP@10 (%)"] == "28.67 ± 7.09" and row["Δ stage 1"] == "+3.67 ± 2.31 [−2.07, +9.40] (3/3)"
+    assert row["Δ control"] == "+2.00 ± 2.65 [−4.57, +8.57] (2/3)" and row["estimate ROC-AUC / AP (%)"] == "95.00 / 60.00"
     assert row["multi Δ control"] == "+4.00 ± 5.29 [−9.14, +17.14] (2/3)"  # multi = 2 x mAP@10 here
     assert row["multi Δ stage 1"] == "+22.33 ± 9.29 [−0.75, +45.41] (3/3)"
     stage1 = compact.loc[("i = j (stage 1)", "best")]
     assert (stage1[["Δ stage 1", "Δ control", "multi Δ stage 1", "multi Δ control"]] == "").all()  # the reference
-    assert compact.loc[("chance", ""), "seeds"] == "" and compact.loc[("oracle ranking", ""), "multi mAP@10"] == "100.00"
+    assert compact.loc[("chance", ""), "seeds"] == "" and compact.loc[("oracle ranking", ""), "multi mAP@10 (%)"] == "100.00"
     assert compact.loc[("control", "best"), "Δ stage 1"] == "+1.67 ± 0.58 [+0.23, +3.10] (3/3)"
