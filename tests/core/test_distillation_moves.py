@@ -38,26 +38,36 @@ def _teacher_logits(generator):
     return cos.clamp(-1, 1) / TAU
 
 
-def test_a_student_trained_with_l_dist_ends_near_its_targets_and_not_near_shuffled_ones():
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
+def _problem(seed: int):
+    """Fixed audio and text features, teacher logits, and the same rows given to other audio."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     audio = torch.randn(BATCH, FEATURES, generator=generator)
     text = torch.randn(BATCH, FEATURES, generator=generator)
     targets = _teacher_logits(generator)
-    shuffled = targets[torch.randperm(BATCH, generator=generator)]  # the same rows, given to other audio
+    shuffled = targets[torch.randperm(BATCH, generator=generator)]
     assert not torch.equal(shuffled, targets)
+    return audio, text, targets, shuffled
+
+
+def _train_student(audio, text, goal, steps: int = 300):
+    """Two linear projections trained with L_dist alone toward ``goal``; returns (start logits, end logits)."""
     audio_proj, text_proj = torch.nn.Linear(FEATURES, DIM), torch.nn.Linear(FEATURES, DIM)
     optimiser = torch.optim.Adam([*audio_proj.parameters(), *text_proj.parameters()], lr=0.02)
-
     with torch.no_grad():
-        start = _kl_to(targets, _student_logits(audio_proj, text_proj, audio, text))
-    for _ in range(300):
+        start = _student_logits(audio_proj, text_proj, audio, text)
+    for _ in range(steps):
         optimiser.zero_grad()
-        distillation_loss(_student_logits(audio_proj, text_proj, audio, text), targets).backward()
+        distillation_loss(_student_logits(audio_proj, text_proj, audio, text), goal).backward()
         optimiser.step()
     with torch.no_grad():
-        logits = _student_logits(audio_proj, text_proj, audio, text)
-        end, end_shuffled = _kl_to(targets, logits), _kl_to(shuffled, logits)
+        return start, _student_logits(audio_proj, text_proj, audio, text)
+
+
+def test_a_student_trained_with_l_dist_ends_near_its_targets_and_not_near_shuffled_ones():
+    audio, text, targets, shuffled = _problem(0)
+    first, logits = _train_student(audio, text, targets)
+    start, end, end_shuffled = _kl_to(targets, first), _kl_to(targets, logits), _kl_to(shuffled, logits)
 
     assert end < 0.25 * start, (start, end)  # it moved toward the targets
     assert end < 0.5 * end_shuffled, (end, end_shuffled)  # toward these targets, not just any peaked ones
@@ -68,22 +78,10 @@ def test_a_student_trained_with_l_dist_ends_near_its_targets_and_not_near_shuffl
 
 def test_the_distance_reached_depends_on_the_targets_given():
     """The same student and steps trained on the shuffled targets end near those instead."""
-    generator = torch.Generator().manual_seed(1)
-    torch.manual_seed(1)
-    audio = torch.randn(BATCH, FEATURES, generator=generator)
-    text = torch.randn(BATCH, FEATURES, generator=generator)
-    targets = _teacher_logits(generator)
-    shuffled = targets[torch.randperm(BATCH, generator=generator)]
+    audio, text, targets, shuffled = _problem(1)
     ends = {}
     for name, goal in (("targets", targets), ("shuffled", shuffled)):
         torch.manual_seed(1)  # the same initial student for both
-        audio_proj, text_proj = torch.nn.Linear(FEATURES, DIM), torch.nn.Linear(FEATURES, DIM)
-        optimiser = torch.optim.Adam([*audio_proj.parameters(), *text_proj.parameters()], lr=0.02)
-        for _ in range(300):
-            optimiser.zero_grad()
-            distillation_loss(_student_logits(audio_proj, text_proj, audio, text), goal).backward()
-            optimiser.step()
-        with torch.no_grad():
-            logits = _student_logits(audio_proj, text_proj, audio, text)
+        _, logits = _train_student(audio, text, goal)
         ends[name] = (_kl_to(targets, logits), _kl_to(shuffled, logits))
     assert ends["targets"][0] < ends["targets"][1] and ends["shuffled"][1] < ends["shuffled"][0], ends
