@@ -102,15 +102,13 @@ def _move_aside(folder: Path) -> None:
     folder.rename(target)
 
 
-FLAT_RISE = 0.005  # converged: validation mAP@10 rose by at most half a point over the last quarter of the epochs
-
-
 def last_quarter_rise(curve: pd.DataFrame, column: str = "val/mAP@10") -> float:
     """How much ``column`` still rose over the last quarter of a run's epochs (``epoch_metrics``'s frame).
 
     The highest value after the epoch that ends the third quarter, minus the value at that epoch: for
-    20 epochs, epochs 15 to 20, the paper's tail at the minimum learning rate. A run whose curve still
-    rises there had not converged when it stopped. NaN for a single epoch: there is no rise to measure.
+    20 epochs, epochs 15 to 20, the paper's tail at the minimum learning rate. The learning rate is near
+    its minimum there, so a flat tail is no proof of convergence (benchmarks/bench_stage1_length.py
+    measures that). NaN for a single epoch: there is no rise to measure.
     """
     values = curve.dropna(subset=[column]).sort_values("epoch")[column].to_numpy()
     if len(values) < 2:
