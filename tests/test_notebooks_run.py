@@ -122,7 +122,8 @@ def stderr_outputs(path) -> list[str]:
 
 MAX_NOTEBOOK_BYTES = 1_500_000  # an executed notebook a reader opens on the web: a few figures and players
 METRIC_HEADER = re.compile(r"mAP|R@\d|\bAP\b|ROC-AUC|accuracy|exactly right")
-PERCENT_CELL = re.compile(r"-?\d+\.\d\d( ± (\d+\.\d\d|n/a))?|n/a")
+# a percent with two decimals, a pair of them ("ROC-AUC / AP"), with an optional spread; n/a; or a blank cell
+PERCENT_CELL = re.compile(r"-?\d+\.\d\d( / -?\d+\.\d\d)?( ± (\d+\.\d\d|n/a))?|n/a|")
 NOISE = {"object repr": re.compile(r"\w+Config\(|<[\w.]+ object at 0x[0-9a-f]+>"),
          "progress bar": re.compile(r"%\||it/s")}
 
