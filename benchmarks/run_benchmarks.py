@@ -250,8 +250,59 @@ def _summarise_text_cache(d: dict, rows: list, ratios: list) -> None:
                 value + (f" ± {100 * std:.2f}" if std is not None else ""), "%", how + extra)
 
 
+def _summarise_paper_search(d: dict, rows: list, ratios: list) -> None:
+    """Search with the paper's shapes: what a user waits for, fp32 and the faster path, with the CPU named
+    in each row (timings on CPUs with and without native bf16 or VNNI are not comparable), and the
+    candidates the faster path was chosen from."""
+    cpu, name = d.get("cpu", "CPU not recorded"), d.get("faster_path", "?")
+    load = (f"load average {d.get('load_average_before', ['?'])[0]} before, {d.get('load_average_after', ['?'])[0]} "
+            f"after{', under nice' if d.get('niceness') else ''}")
+    how = (f"{cpu}; {d.get('windows')} windows of {d.get('window_seconds')} s every {d.get('hop_seconds')} s, batch "
+           f"{d.get('batch')}, {d.get('torch_threads')} threads, median per batch, paths taking turns; {load}")
+    for key, label in (("fp32", "fp32"), ("faster", name)):
+        speed = d.get(key) or {}
+        query_how = (f"{cpu}; median of {d.get('queries')} queries of {d.get('query_tokens')} tokens, one at a time"
+                     + (f" (p90 {speed['query_ms_p90']} ms)" if "query_ms_p90" in speed else "") + f"; {load}")
+        _figure(rows, "paper_search", f"{label}: audio indexed", speed.get("audio_minutes_per_minute"),
+                "min of audio / min", how)
+        _figure(rows, "paper_search", f"{label}: seconds per window", speed.get("seconds_per_window"), "s", how)
+        _figure(rows, "paper_search", f"{label}: one text query", speed.get("query_ms_median"), "ms", query_how)
+    _figure(rows, "paper_search", "faster path", f"{name}: {d.get('faster_path_means', '?')}", "",
+            (d.get("choice") or {}).get("rule", "named with --path"))
+    agree = f"{d.get('queries')} queries x {d.get('windows')} windows, both through the path, against fp32's top 10"
+    _figure(rows, "paper_search", f"{name} vs fp32: recall@10", d.get("recall_at_10"), "", agree)
+    _figure(rows, "paper_search", f"{name} vs fp32: recall@10, fp32 queries on the {name} index",
+            d.get("recall_at_10_fp32_queries"), "", agree.replace("both through the path", "only the windows"))
+    for side in ("audio", "text"):
+        cosine = d.get(f"cosine_{side}") or {}
+        if cosine:
+            _figure(rows, "paper_search", f"{name} vs fp32: cosine of {side} embeddings (min / median)",
+                    f"{cosine['min']} / {cosine['median']}", "", "each embedding against its fp32 twin")
+    _figure(rows, "paper_search", "fp32: mean cosine between two windows' embeddings",
+            d.get("fp32_window_pairwise_cosine_mean"), "", "how alike the random-weight index's windows are (1: all)")
+    _figure(rows, "paper_search", f"{name} kept", {True: "yes", False: "no"}.get(d.get("kept")), "",
+            d.get("kept_rule", ""))
+    for other, row in sorted(((d.get("choice") or {}).get("candidates") or {}).items()):
+        if other != name:  # the evidence of the choice: what the paths not kept did on the same windows
+            _figure(rows, "paper_search", f"candidate {other}: indexing / query speed-up, recall@10",
+                    f"{row['indexing_speedup_median_of_pairs']}x / {row['query_speedup_median_of_pairs']}x, "
+                    f"{row['recall_at_10']}", "", f"{cpu}; timed in the same turns as fp32 and {name}")
+    goals = d.get("goals") or {}
+    if goals:
+        _figure(rows, "paper_search", f"goal: {name} >= {goals['speedup']}x fp32's indexing at recall@10 >= "
+                f"{goals['recall_at_10']}", "met" if goals.get("speedup_and_recall_met") else "NOT met", "", cpu)
+        for key, label in (("query_met_fp32", "fp32"), ("query_met_faster", name)):
+            _figure(rows, "paper_search", f"goal: one query <= {goals['query_ms']:g} ms, {label}",
+                    "met" if goals.get(key) else "NOT met", "", cpu)
+    for key, what in (("indexing_speedup_median_of_pairs", "indexing"), ("query_speedup_median_of_pairs", "query")):
+        if d.get(key) is not None:  # stored: the median of per-pair ratios, fairer on a busy machine than two medians
+            ratios.append({"benchmark": "paper_search", "ratio": f"{name} vs fp32, {what}", "value": d[key],
+                           "meaning": f"times faster than fp32 (median of the ratios of pairs timed back to back; "
+                                      f"{cpu})"})
+
+
 SUMMARISERS = {"text_cache": _summarise_text_cache, "data": _summarise_data, "setup": _summarise_setup, "correspondences": _summarise_correspondences, "search": _summarise_search, "models": _summarise_models,
-               "pipeline": _summarise_pipeline}
+               "pipeline": _summarise_pipeline, "paper_search": _summarise_paper_search}
 
 
 def _summarise_generic(name: str, d: dict, rows: list, prefix: str = "") -> None:
@@ -337,9 +388,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _earlier_runs(out_json: Path) -> list[dict]:
+    try:
+        return json.loads(out_json.read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated benchmark names (correspondences, data, models, pipeline, search, setup)")
+    parser.add_argument("--only", help="comma-separated benchmark names (correspondences, data, models, paper_search, "
+                        "pipeline, search, setup)")
     parser.add_argument("--skip", help="comma-separated benchmark names to leave out")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; see above)")
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing, summarise the JSON files")
@@ -368,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_dir = root / "results" / "benchmarks"  # = paths.results_dir("benchmarks") under that SALSA_HOME
     out_json = root / "results" / "benchmarks.json"
+    if args.aggregate_only:  # the last runner's runs still say how the files it wrote were made
+        runs = _earlier_runs(out_json)
     result = aggregate(bench_dir, out_json, out_json.with_suffix(".md"), runs)
     print(f"{len(result['figures'])} figures, {len(result['ratios'])} ratios from {len(result['sources'])} files: "
           f"{out_json} and {out_json.with_suffix('.md')}")

@@ -57,6 +57,21 @@ FAKE = {
                         "runs": [{"teachers": 3, "clips": 3839, "captions": 19195, "dim": 1024, "block": 2048,
                                   "seconds": 3.0, "peak_added_gb": 0.8, "fp16_inputs_gb": 0.14}],
                         "target": {"peak_added_gb": 2.0, "clips": 3839, "met": True}},
+    "paper_search": {"date": "2026-01-01 10:00", "machine": "fake", "quick": False, "cpu": "Fake EPYC (avx2)",
+                     "cpu_native_bf16": False, "windows": 120, "window_seconds": 10.0, "hop_seconds": 5.0, "batch": 4,
+                     "torch_threads": 2, "queries": 50, "query_tokens": [8, 22], "load_average_before": [2.5, 2.0, 1.0],
+                     "load_average_after": [3.0, 2.2, 1.1], "faster_path": "int8", "faster_path_means": "dynamic int8",
+                     "fp32": {"audio_minutes_per_minute": 3.2, "seconds_per_window": 1.57, "query_ms_median": 180.0},
+                     "faster": {"audio_minutes_per_minute": 4.8, "seconds_per_window": 1.05, "query_ms_median": 60.0},
+                     "indexing_speedup_median_of_pairs": 1.5, "query_speedup_median_of_pairs": 3.0,
+                     "recall_at_10": 0.96, "recall_at_10_fp32_queries": 0.97,
+                     "cosine_audio": {"min": 0.997, "median": 0.998}, "cosine_text": {"min": 0.99, "median": 0.995},
+                     "fp32_window_pairwise_cosine_mean": 0.9, "kept": True,
+                     "choice": {"chosen": "int8", "rule": "fastest indexing", "candidates": {
+                         "bf16": {"indexing_speedup_median_of_pairs": 1.2, "query_speedup_median_of_pairs": 0.8,
+                                  "recall_at_10": 0.99}}}, "kept_rule": "faster and recall >= 0.95",
+                     "goals": {"speedup": 2.0, "recall_at_10": 0.95, "query_ms": 150.0, "speedup_and_recall_met": False,
+                               "query_met_fp32": False, "query_met_faster": True}},
     "extra": {"date": "2026-01-01", "nested": {"speed": 7.5, "flag": True}, "listed": [1, 2]},
 }
 
@@ -96,9 +111,21 @@ def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
     # shown relative to the results home, never as this machine's absolute path
     assert result["source_dir"] == "results/benchmarks"
     assert result["sources"]["data"]["file"] == "results/benchmarks/data.json"
+    # the paper model's search: both paths, the faster one's agreement with fp32, the goals, the CPU in each row
+    assert _value(result, "paper_search", "fp32: audio indexed") == 3.2
+    assert _value(result, "paper_search", "int8: audio indexed") == 4.8
+    assert _value(result, "paper_search", "int8: one text query") == 60.0
+    assert _value(result, "paper_search", "int8 vs fp32: recall@10") == 0.96
+    assert _value(result, "paper_search", "int8 vs fp32: cosine of audio embeddings (min / median)") == "0.997 / 0.998"
+    assert _value(result, "paper_search", "goal: int8 >= 2.0x fp32's indexing at recall@10 >= 0.95") == "NOT met"
+    assert _value(result, "paper_search", "goal: one query <= 150 ms, int8") == "met"
+    assert _value(result, "paper_search", "candidate bf16: indexing / query speed-up, recall@10") == "1.2x / 0.8x, 0.99"
+    assert all("Fake EPYC" in r["how"] for r in result["figures"]
+               if r["benchmark"] == "paper_search" and "indexed" in r["figure"])
     assert _value(result, "extra", "nested.speed") == 7.5  # an unknown file still shows its numbers
     assert not any(r["figure"] == "nested.flag" for r in result["figures"])
     ratios = {(r["benchmark"], r["ratio"]): r["value"] for r in result["ratios"]}
+    assert ratios[("paper_search", "int8 vs fp32, indexing")] == 1.5  # the stored median of pairs, not 4.8 / 3.2
     assert ratios[("data", "cache vs librosa (throughput)")] == 10.0
     assert ratios[("setup", "first vs second run")] == 60.0
     assert ratios[("search", "FAISS vs exact p50 latency, 1,000 random vectors")] == 4.0
@@ -207,6 +234,57 @@ def test_correspondence_benchmark_quick_run_writes_its_figures(tmp_path, monkeyp
     assert written["quick"] is True and written["target"]["met"] is None
 
 
+def test_aggregate_only_keeps_the_runs_that_wrote_the_files(tmp_path):
+    source = tmp_path / "results" / "benchmarks"
+    source.mkdir(parents=True)
+    (source / "data.json").write_text(json.dumps(FAKE["data"]))
+    runs = [{"benchmark": "data", "returncode": 0, "wall_s": 21.6}]
+    (tmp_path / "results" / "benchmarks.json").write_text(json.dumps({"runs": runs}))
+    assert _load("run_benchmarks").main(["--aggregate-only", "--results-home", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results" / "benchmarks.json").read_text())["runs"] == runs
+    assert "| bench_data.py | 0 | 21.6 |" in (tmp_path / "results" / "benchmarks.md").read_text()
+
+
+def test_recall_at_10_counts_the_reference_top_10_found():
+    import torch
+
+    bench = _load("bench_paper_search")
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(6, 40, generator=generator)
+    assert bench.recall_at_k(reference, reference.clone()) == [1.0] * 6
+    other = reference + 0.5 * torch.randn(6, 40, generator=generator)
+    for row, got in enumerate(bench.recall_at_k(reference, other)):  # brute force: sort, take 10, intersect
+        top = lambda scores: set(sorted(range(40), key=lambda j: -scores[row, j].item())[:10])
+        assert got == len(top(reference) & top(other)) / 10
+    assert bench.recall_at_k(reference, -reference) == [0.0] * 6  # reversed ranking: none of the top 10
+
+
+def test_paper_search_quick_run_compares_a_path_with_fp32(tmp_path, monkeypatch):
+    monkeypatch.setenv("SALSA_HOME", str(tmp_path))
+    bench = _load("bench_paper_search")
+    written = tmp_path / "results" / "benchmarks" / "paper_search.json"
+    bench.main(["--quick", "--path", "fp32"])  # the control: fp32 against itself
+    control = json.loads(written.read_text())
+    assert control["faster_path"] == "fp32" and control["choice"] is None and control["quick"] is True
+    assert control["recall_at_10"] == control["recall_at_10_fp32_queries"] == 1.0
+    assert control["cosine_audio"] == control["cosine_text"] == {"min": 1.0, "median": 1.0}
+    assert control["kept"] is False  # fp32 is no faster path, whatever the timings say
+
+    bench.main(["--quick"])  # chooses among the candidates this CPU has, then measures the chosen one
+    chosen = json.loads(written.read_text())
+    from salsa_lib.stages import precision
+
+    assert {k: chosen[k] for k in ("cpu", "cpu_native_bf16")} == precision.cpu_record()
+    assert set(chosen["choice"]["candidates"]) == set(bench.candidates())
+    assert chosen["faster_path"] == chosen["choice"]["chosen"] != "fp32"
+    assert 0 <= chosen["recall_at_10"] <= 1 and chosen["top_k"] == 10 and 0.9 < chosen["cosine_audio"]["min"] <= 1
+    for path in ("fp32", "faster"):
+        assert chosen[path]["audio_minutes_per_minute"] > 0 and chosen[path]["query_ms_median"] > 0
+    assert len(chosen["load_average_before"]) == len(chosen["load_average_after"]) == 3
+    assert chosen["windows"] == 24 and chosen["hop_seconds"] == chosen["window_seconds"] / 2
+    assert set(chosen["goals"]) >= {"speedup_and_recall_met", "query_met_fp32", "query_met_faster"}
+
+
 def test_the_worker_memory_of_the_plan_covers_the_stored_measurement():
     """parallel_runs.WORKER_MEMORY_MB quotes the largest process of notebooks 01 and 03 in the stored pipeline
     run, with a margin: a re-measured run that needs more makes this fail until the figure follows."""
@@ -215,3 +293,65 @@ def test_the_worker_memory_of_the_plan_covers_the_stored_measurement():
     stored = json.loads((BENCH_DIR.parent / "results" / "benchmarks" / "pipeline.json").read_text())
     peak = max(n["peak_process_rss_mb"] for n in stored["notebooks"] if n["notebook"][:2] in ("01", "03"))
     assert 1.2 * peak <= parallel_runs.WORKER_MEMORY_MB <= 1.5 * peak
+
+
+def _check_stage1_length(report: dict) -> None:
+    """The fields of stage1_length.json, and each paired interval against scipy's paired t test on its rows."""
+    import numpy as np
+    from scipy import stats
+
+    assert {"command", "commit", "date", "cpu", "cpu_native_bf16", "wall_s", "rows", "differences"} <= set(report)
+    assert report["precision"] == "32-true" and report["recorded_precisions"] == ["32-true"]
+    normal, longer = report["schedules"]["normal"], report["schedules"]["longer"]
+    factor = longer["epochs"] // normal["epochs"]
+    assert factor >= 2 and longer == {k: v * factor for k, v in normal.items()}  # the same shape, stretched
+    rows = {(r["epochs"], r["weights"], r["seed"]): r for r in report["rows"]}
+    assert len(rows) == len(report["rows"]) == 2 * 2 * report["members"]  # two lengths, best and last weights
+    assert sorted({r["seed"] for r in report["rows"]}) == report["seeds"]
+    assert {r["seed"] - report["seeds"][0] for r in report["rows"]} == set(range(report["members"]))
+    for d in report["differences"]:
+        scores = {length: [rows[(schedule["epochs"], d["weights"], s)][d["metric"]] for s in report["seeds"]]
+                  for length, schedule in (("normal", normal), ("longer", longer))}
+        diff = [b - a for a, b in zip(scores["normal"], scores["longer"])]
+        n = len(diff)
+        mean = sum(diff) / n
+        std = (sum((x - mean) ** 2 for x in diff) / (n - 1)) ** 0.5
+        assert d["per_seed"] == pytest.approx(diff) and d["n"] == n
+        assert (d["mean"], d["std"]) == pytest.approx((mean, std), abs=1e-9)
+        assert d["gains"] == f"{sum(x > 0 for x in diff)}/{n}"
+        if std > 1e-9:  # the interval is where a paired t test does not reject: scipy's own interval
+            interval = stats.ttest_rel(scores["longer"], scores["normal"]).confidence_interval(0.95)
+            assert (d["ci_low"], d["ci_high"]) == pytest.approx((interval.low, interval.high), abs=1e-9)
+            assert stats.ttest_1samp(diff, d["ci_low"]).pvalue == pytest.approx(0.05, abs=1e-9)
+        else:
+            assert d["ci_low"] == pytest.approx(mean, abs=1e-9) and d["ci_high"] == pytest.approx(mean, abs=1e-9)
+        excludes = d["ci_low"] > 0 or d["ci_high"] < 0
+        assert d["call"] == ("no finding" if not excludes else "gain" if d["ci_low"] > 0 else "loss")
+        assert np.isfinite(d["ci_low"]) and np.isfinite(d["ci_high"])
+    assert {(d["weights"], d["metric"]) for d in report["differences"]} >= {("best", "mAP@10"), ("last", "mAP@10")}
+
+
+def test_stage1_length_quick_pairs_the_seeds_reuses_its_runs_and_its_intervals_are_paired_t(tmp_path, monkeypatch):
+    monkeypatch.setenv("SALSA_HOME", str(tmp_path / "unused"))  # restored afterwards; --home sets it
+    bench = _load("bench_stage1_length")
+    home, out = tmp_path / "home", tmp_path / "stage1_length.json"
+    assert bench.main(["--quick", "--home", str(home), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["members"] == 3
+    assert report["schedules"]["normal"]["epochs"] == 1 and report["schedules"]["longer"]["epochs"] == 2
+    _check_stage1_length(report)
+    records = sorted((home / "results" / "tiny-stage1-length").glob("epochs*/stage1/member*/run.json"))
+    assert len(records) == 6
+    before = [json.loads(p.read_text())["time"] for p in records]
+    assert bench.main(["--quick", "--home", str(home), "--output", str(out)]) == 0  # rerun: nothing retrains
+    assert [json.loads(p.read_text())["time"] for p in records] == before
+    assert json.loads(out.read_text())["rows"] == report["rows"]
+
+
+def test_the_stored_stage1_length_result_holds_together():
+    """The committed measurement (benchmarks/bench_stage1_length.py): twice the schedule, paired by seed,
+    its intervals those of a paired t test on its own per-seed rows."""
+    report = json.loads((BENCH_DIR.parent / "results" / "benchmarks" / "stage1_length.json").read_text())
+    assert report["quick"] is False and report["members"] >= 3
+    assert report["schedules"]["longer"]["epochs"] == 2 * report["schedules"]["normal"]["epochs"]
+    _check_stage1_length(report)
