@@ -33,7 +33,7 @@ def test_member_trains_writes_checkpoints_and_record(tiny_home, tiny_stage1):
     assert record["run"]["seed"] == tiny_stage1.seed
     assert set(record["val"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert 0 <= record["val"]["mAP@10"] <= 1 and record["git_commit"]
-    assert list(table.columns[:3]) == ["member", "seed", "best_epoch"]
+    assert list(table.columns[:4]) == ["member", "audio_encoder", "seed", "best_epoch"]
     listed = json.loads((runs.stage1_dir("test") / "members.json").read_text())["members"]
     assert listed == ["member0"]
     assert pd.read_csv(tiny_home / "results/test/tables/stage1_members.csv").shape[0] == 1
