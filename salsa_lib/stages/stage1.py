@@ -40,8 +40,7 @@ def train_members(config: Stage1Config, data: DataConfig, progress: bool = True,
             for k, member_config in enumerate(plan)]
     records = parallel_runs.run_all(_member_job, jobs, workers, threads, announce_finished if progress and workers > 1 else None)
     atomic_write_json(runs.stage1_dir(config.profile) / runs.MEMBERS_LISTING,
-                      {"members": [r["folder"] for r in records], "params": config.to_params(),
-                       "audio_encoders": {r["folder"]: r["run"]["audio_encoder"] for r in records}})
+                      {"members": [r["folder"] for r in records], "params": config.to_params()})
     table = pd.DataFrame([{"member": k, "audio_encoder": r["run"]["audio_encoder"], "seed": r["run"]["seed"],
                            "best_epoch": r["best_epoch"], **r["val"], "seconds": r["seconds"]}
                           for k, r in enumerate(records)])

@@ -220,7 +220,7 @@ def test_other_families_train_as_more_members_with_the_same_recipe(tiny_home, ti
     assert list(table.seed) == [config.seed, config.seed + 1, config.seed + 2]
     listing = json.loads((runs.stage1_dir("test") / runs.MEMBERS_LISTING).read_text())
     assert listing["members"] == ["member0", "member1", "member2"]
-    assert runs.member_audio_encoders("test") == listing["audio_encoders"] == dict(zip(listing["members"], table.audio_encoder))
+    assert runs.member_audio_encoders("test") == dict(zip(listing["members"], table.audio_encoder))
     records = [json.loads((runs.member_dir("test", k) / runs.RECORD).read_text())["run"] for k in range(3)]
     recipe = {k: v for k, v in records[0].items() if k not in ("audio_encoder", "seed", "other_members")}
     for record in records[1:]:  # the same recipe and text encoder
