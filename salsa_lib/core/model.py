@@ -42,11 +42,12 @@ class DualEncoder(nn.Module):
         return {name: [p for p in module.parameters() if p.requires_grad] for name, module in groups.items()}
 
 
-def build_dual_encoder(config) -> DualEncoder:
-    """From a Stage1Config (or anything with its model fields)."""
+def build_dual_encoder(config, pretrained_text: bool = True) -> DualEncoder:
+    """From a Stage1Config (or anything with its model fields). ``pretrained_text=False`` builds the text
+    model from its configuration with random weights, for a checkpoint whose weights fill it anyway."""
     silence_third_party_noise()
     audio = build_audio_encoder(config.audio_encoder, config.window_seconds, width=config.passt_width,
                                 depth=config.passt_depth, heads=config.passt_heads, pretrained=config.pretrained_audio)
     text = TextEncoder(config.text_encoder, max_length=config.text_max_length, dropout=config.text_dropout,
-                       trainable_layers=config.text_trainable_layers)
+                       trainable_layers=config.text_trainable_layers, pretrained=pretrained_text)
     return DualEncoder(audio, text, embed_dim=config.embed_dim, tau=config.tau)

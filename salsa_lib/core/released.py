@@ -22,12 +22,11 @@ from typing import Any, Mapping
 
 import torch
 
-from salsa_lib.core.encoders import AudioEncoder, TextEncoder, build_passt, mel_frontend
-from salsa_lib.core.model import DualEncoder
+from salsa_lib.core.encoders import mel_frontend
+from salsa_lib.core.model import DualEncoder, build_dual_encoder
 from salsa_lib.errors import ConfigError, DataError
 from salsa_lib.paths import data_dir
 from salsa_lib.profiles import PROFILES
-from salsa_lib.quiet import silence_third_party_noise
 
 # The paper's architecture; no pretrained PaSST download, since every weight comes from the checkpoint.
 RELEASED_CONFIG = PROFILES["clotho"].stage1.replace(pretrained_audio=False)
@@ -212,12 +211,7 @@ def _check_fit(model: torch.nn.Module, weights, origin, unknown, path) -> None:
 def build_released_model(config=RELEASED_CONFIG) -> DualEncoder:
     """The dual encoder of ``config`` with random weights, for the checkpoint's weights to fill: PaSST and the
     text model are built from their architectures (for roberta-large: its configuration and tokenizer)."""
-    silence_third_party_noise()
-    passt = build_passt(config.audio_encoder, config.window_seconds, width=config.passt_width,
-                        depth=config.passt_depth, heads=config.passt_heads, pretrained=False)
-    text = TextEncoder(config.text_encoder, max_length=config.text_max_length, dropout=config.text_dropout,
-                       trainable_layers=config.text_trainable_layers, pretrained=False)
-    return DualEncoder(AudioEncoder(passt, config.window_seconds), text, embed_dim=config.embed_dim, tau=config.tau)
+    return build_dual_encoder(config.replace(pretrained_audio=False), pretrained_text=False)
 
 
 def load_released_checkpoint(path: str | Path, config=RELEASED_CONFIG, *, trust_pickle: bool = False):
