@@ -107,6 +107,7 @@ def test_the_stage_configs_default_to_auto_and_refuse_unknown_precisions():
 def test_announce_resolves_every_time_and_prints_once(monkeypatch, capsys):
     """Only the printing is remembered: a changed answer (another test's, an env var) is never stale."""
     monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(precision.NATIVE_BF16_ENV, raising=False)  # the CPU answers here, not the environment
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.announce("auto", "cpu") == "bf16-mixed"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
