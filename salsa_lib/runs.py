@@ -70,8 +70,17 @@ def member_folders(profile: str, names: list[str] | None = None) -> list[Path]:
 
 def member_audio_encoders(profile: str) -> dict[str, str]:
     """Listed stage-1 member -> its audio encoder (family), read from each member's run record."""
-    return {folder.name: json.loads((folder / RECORD).read_text())["run"].get("audio_encoder", "passt_small")
-            for folder in member_folders(profile)}
+    member_folders(profile)  # a missing listing or member is an error here
+    return audio_encoders_in(stage1_dir(profile))
+
+
+def audio_encoders_in(stage1_folder: Path) -> dict[str, str]:
+    """``member_audio_encoders`` of a stage-1 folder given by path (a results folder read as files);
+    empty where it lists no members."""
+    listing = Path(stage1_folder) / MEMBERS_LISTING
+    names = json.loads(listing.read_text())["members"] if listing.exists() else []
+    return {name: json.loads((Path(stage1_folder) / name / RECORD).read_text())["run"].get("audio_encoder", "passt_small")
+            for name in names}
 
 
 def ensembles(profile: str, student_member: str = "member0") -> dict[str, list[str]]:

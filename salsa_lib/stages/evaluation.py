@@ -159,13 +159,16 @@ def evaluate_profile(profile: str, split: ClothoSplit, split_name: str, batch_si
 
 
 def model_kinds(table: pd.DataFrame, stage2_dir: Path) -> pd.Series:
-    """The kind of each row's model, as the verdict names them: ``i = j (stage 1)`` for the members,
-    the teacher kind of a stage-2 run (its ``run.json``; loss weights added when not the recipe's),
-    ``released`` for the authors' checkpoint."""
+    """The kind of each row's model, as the verdict names them: ``i = j (stage 1)`` for the members of
+    the students' architecture, ``i = j (<audio encoder>)`` for those of another family, the teacher
+    kind of a stage-2 run (its ``run.json``; loss weights added when not the recipe's), ``released``
+    for the authors' checkpoint."""
+    members = verdict.member_kinds(Path(stage2_dir).parent / "stage1")
+
     def kind(row) -> str:
         stage = str(row["stage"])
         if stage == "1":
-            return verdict.STAGE1
+            return members.get(row["model"], verdict.STAGE1)
         if stage != "2":
             return stage
         run = json.loads((Path(stage2_dir) / row["model"] / runs.RECORD).read_text())["run"]

@@ -70,16 +70,27 @@ def stage2_kinds(stage2_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "kind", "student"])
 
 
+def member_kinds(stage1_folder: Path) -> dict[str, str]:
+    """Each listed stage-1 member's kind: ``i = j (stage 1)`` for the students' architecture (member0's:
+    every student starts from a member of it), ``i = j (<audio encoder>)`` for a member of another
+    family, which only teaches (the mixed ensemble) and so is no reference of a paired difference."""
+    families = runs.audio_encoders_in(stage1_folder)
+    own = families.get("member0")
+    return {name: STAGE1 if family == own else f"i = j ({family})" for name, family in families.items()}
+
+
 def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
-    """metrics.csv rows as (kind, student, weights, metrics): stage-1 members are the ``i = j`` kind,
-    student = member; stage 2 is the latest grid, every run of which must have been scored."""
+    """metrics.csv rows as (kind, student, weights, metrics): the stage-1 members of the students'
+    architecture are the ``i = j`` kind, student = member (members of other families are left out:
+    no student starts from them); stage 2 is the latest grid, every run of which must have been scored."""
     if "weights" not in table:
         table = table.assign(weights="best")
     if table.duplicated(["model", "weights"]).any():
         twice = sorted(set(table.model[table.duplicated(["model", "weights"])]))
         raise ValueError(f"metrics.csv lists {twice} more than once per weights: cannot pair the seeds")
-    stage1 = table[table.stage.astype(str) == "1"].assign(
-        kind="i = j (stage 1)", student=lambda d: d.model.str.removeprefix("member").astype(int))
+    kinds = member_kinds(Path(stage2_dir).parent / "stage1")
+    stage1 = table[(table.stage.astype(str) == "1") & (table.model.map(kinds).fillna(STAGE1) == STAGE1)].assign(
+        kind=STAGE1, student=lambda d: d.model.str.removeprefix("member").astype(int))
     grid = stage2_kinds(stage2_dir)
     unscored = sorted(set(grid.model) - set(table.model))
     if unscored:

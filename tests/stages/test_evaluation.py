@@ -80,6 +80,17 @@ def test_kinds_compact_view_and_results_by_kind(tmp_path):
     assert evaluation.model_kinds(table, tmp_path)[6] == "ensemble (sup 1, dist 1)"
 
 
+def test_a_member_of_another_family_is_a_kind_of_its_own(tmp_path):
+    table = _scored(tmp_path / "stage2")
+    stage1 = tmp_path / "stage1"
+    for name, family in (("member0", "passt_small"), ("member1", "frames_small")):
+        (stage1 / name).mkdir(parents=True)
+        (stage1 / name / "run.json").write_text(json.dumps({"run": {"audio_encoder": family}}))
+    (stage1 / "members.json").write_text(json.dumps({"members": ["member0", "member1"]}))
+    kinds = evaluation.model_kinds(table, tmp_path / "stage2")
+    assert list(kinds[:4]) == ["i = j (stage 1)"] * 2 + ["i = j (frames_small)"] * 2
+
+
 def test_rank_curves_are_recall_at_r_and_the_figures_draw(tmp_path):
     import matplotlib
 

@@ -313,3 +313,34 @@ def test_compact_verdict_reads_like_the_readme_table(tmp_path):
     assert (stage1[["Δ stage 1", "Δ control", "multi Δ stage 1", "multi Δ control"]] == "").all()  # the reference
     assert compact.loc[("chance", ""), "seeds"] == "" and compact.loc[("oracle ranking", ""), "multi mAP@10 (%)"] == "100.00"
     assert compact.loc[("control", "best"), "Δ stage 1"] == "+1.67 ± 0.58 [+0.23, +3.10] (3/3)"
+
+
+def _members(results, families):
+    """A stage-1 folder listing one member per entry of ``families`` (its audio encoder)."""
+    stage1 = results / "stage1"
+    for k, family in enumerate(families):
+        (stage1 / f"member{k}").mkdir(parents=True)
+        (stage1 / f"member{k}" / "run.json").write_text(json.dumps({"run": {"audio_encoder": family}}))
+    (stage1 / "members.json").write_text(json.dumps({"members": [f"member{k}" for k in range(len(families))]}))
+
+
+def test_members_of_another_family_teach_but_are_no_stage_1_row(tmp_path):
+    """The stage-1 row is the students' architecture: a MobileNet member (no student starts from it)
+    would pull its mean and std toward another model; it keeps a kind of its own elsewhere."""
+    values = {"control": (0.32, 0.22, 0.26), "mixed": (0.35, 0.21, 0.30)}
+    rows, kinds = _grid_rows(values)
+    rows += [{"stage": 1, "model": "member3", "mAP@10": 0.05, "multi mAP@10": 0.07, "weights": w} for w in ("best", "last")]
+    results = tmp_path / "results"
+    _write_results(results, rows, kinds)
+    _members(results, ["passt_small"] * 3 + ["mobilenet_small"])
+    assert verdict.member_kinds(results / "stage1") == {
+        "member0": "i = j (stage 1)", "member1": "i = j (stage 1)", "member2": "i = j (stage 1)",
+        "member3": "i = j (mobilenet_small)"}
+    seeds = verdict.per_seed_from_files(results)
+    assert "member3" not in set(seeds.model)
+    table = verdict.verdict_from_files(results, TRUTH_5).set_index(["system", "weights"])
+    assert table.loc[("i = j (stage 1)", "best"), "seeds"] == 3
+    assert table.loc[("i = j (stage 1)", "best"), "mAP@10 mean"] == pytest.approx(0.25)
+    # without the listing (an older results folder) every member is the stage-1 kind, as before
+    (results / "stage1" / "members.json").unlink()
+    assert "member3" in set(verdict.per_seed_from_files(results).model)
