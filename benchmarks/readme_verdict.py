@@ -1,17 +1,24 @@
-"""The README's verdict section, rendered from the reported run's ``results/benchmarks/pipeline.json``.
+"""The verdicts the documentation quotes, rendered from committed result files, never typed in.
 
-The README quotes one timed default run (``bench_pipeline.py``). Its verdict table, the members'
-convergence and the verdict in words are rendered here from that file alone, so the README says what
-that run's table says and nothing more. Table and words come from ``verdict.compact`` and
-``verdict.in_words`` of the stored rows, the same functions notebook 04 uses: each paired difference
-with its 95 % paired t interval (computed from the stored mean, std and n where a run stored no
-interval), and a difference called a finding only when its interval excludes zero. Where the run also
-stored its per-seed rows (``verdict_seeds``), the table is recomputed from them and must equal the
-stored aggregates. A test compares the README's block with this rendering; after a new reported run,
-rewrite the block:
+Two blocks, each between its markers:
 
-    .venv/bin/python benchmarks/readme_verdict.py           # rewrite the block in README.md
-    .venv/bin/python benchmarks/readme_verdict.py --check   # exit 1 when README.md differs
+- in ``README.md``, the study's verdict (``--profile tiny-study``, recorded by
+  ``benchmarks/bench_study.py`` in ``results/benchmarks/study/``): the table is recomputed from the
+  committed per-seed rows (``verdict.paired_table``, the function notebook 04 uses) and must equal the
+  table the record stores; the words are ``verdict.in_words`` of it, the teachers' estimates
+  ``correspondences.quality_in_words`` of the record, and the figure is the committed ``verdict.png``
+  drawn from those rows;
+- in ``docs/evaluation.md``, the reported default run's (``results/benchmarks/pipeline.json``, from
+  ``bench_pipeline.py``): its verdict table, the members' convergence and the verdict in words. Where
+  that run also stored its per-seed rows (``verdict_seeds``), the table is recomputed from them and
+  must equal the stored aggregates; else each interval comes from the stored mean, std and n.
+
+Each paired difference carries its 95 % paired t interval, and a difference is called a finding only
+when its interval excludes zero. A test compares both blocks with this rendering; after a new study or
+reported run, rewrite them:
+
+    .venv/bin/python benchmarks/readme_verdict.py           # rewrite both blocks
+    .venv/bin/python benchmarks/readme_verdict.py --check   # exit 1 when either differs
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ import pandas as pd
 
 from salsa_lib import paths
 from salsa_lib.files import atomic_write_text
-from salsa_lib.stages import verdict
+from salsa_lib.stages import correspondences, verdict
 
 START = "<!-- verdict: rendered by benchmarks/readme_verdict.py from results/benchmarks/pipeline.json; do not edit -->"
 END = "<!-- /verdict -->"
+STUDY_START = "<!-- study verdict: rendered by benchmarks/readme_verdict.py from results/benchmarks/study/; do not edit -->"
+STUDY_END = "<!-- /study verdict -->"
+README, DEFAULT_RUN_PAGE = paths.REPO_ROOT / "README.md", paths.REPO_ROOT / "docs" / "evaluation.md"
 LABELS = {"control": "control (`L_sup` again)", "ensemble": "ensemble teachers", "self": "self teacher",
           "truth": "truth teachers"}
 
@@ -114,26 +124,75 @@ def render(run: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: str, block: str) -> str:
-    start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md has no verdict block ({START!r} ... {END!r})")
-    return readme[:start] + block + readme[end + len(END):]
+def _load_bench_study():  # benchmarks/ is a folder of scripts, not a package
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_study", Path(__file__).with_name("bench_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_study = _load_bench_study()
+
+
+def render_study(folder: Path = bench_study.OUTPUT) -> str:
+    """The README block for the study recorded in ``folder``."""
+    table, seeds, study = bench_study.table_from_files(folder)
+    bf16 = {True: "computes bf16 natively", False: "has no native bf16"}.get(study.get("cpu_native_bf16"), "")
+    students = ", ".join(f"{n} {kind}" for kind, n in study["students_per_kind"].items())
+    minutes = study["wall_s"] / 60
+    commits = ", ".join(f"`{c[:7]}`" for c in study["runs_commit"]) or "not recorded"
+    figure = (folder / bench_study.FIGURE_FILE).relative_to(paths.REPO_ROOT).as_posix()
+    lines = [STUDY_START,
+             f"The study: `{study['command']}`, trained at commit {commits} and recorded {study['date']} on "
+             f"{study['cpu']} ({study['machine']}; the CPU {bf16}); every trained run recorded precision "
+             f"{', '.join(study['precision'])}; {study['wall_s']:,.0f} s wall ({minutes:.0f} min). Models: {students} "
+             "(the stage-1 row: the PaSST members the students started from). Test split; percent, mean ± sample "
+             "std (ddof 1) over the paired students; paired differences in points as mean ± sample std "
+             "[95 % paired t interval] (students ahead).", "",
+             "**The teachers' estimates** (notebook 02, AP against the true training correspondences): "
+             + correspondences.quality_in_words(pd.DataFrame(study["estimates"])), ""]
+    lines += verdict_table(table) + ["", f"![The study's verdict: test mAP@10 of every system with its seeds, and "
+                                         f"each student's paired differences, with 95 % intervals]({figure})", "",
+                                     verdict.in_words(table).strip(), STUDY_END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str, start: str = START, end: str = END, where: str = "README.md") -> str:
+    first, last = text.find(start), text.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"{where} has no verdict block ({start!r} ... {end!r})")
+    return text[:first] + block + text[last + len(end):]
+
+
+def rendered(pipeline: Path, study: Path) -> dict[Path, str]:
+    """Each document as it should read: the study's block in the README, the default run's in the docs."""
+    wanted = {}
+    for page, block, start, end in ((README, render_study(study), STUDY_START, STUDY_END),
+                                    (DEFAULT_RUN_PAGE, render(json.loads(pipeline.read_text())), START, END)):
+        text = wanted.get(page, page.read_text())
+        wanted[page] = replace_block(text, block, start, end, page.relative_to(paths.REPO_ROOT).as_posix())
+    return wanted
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md differs")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a document differs")
     parser.add_argument("--pipeline", type=Path, default=paths.REPO_ROOT / "results" / "benchmarks" / "pipeline.json")
+    parser.add_argument("--study", type=Path, default=bench_study.OUTPUT)
     args = parser.parse_args(argv)
-    readme_path = paths.REPO_ROOT / "README.md"
-    readme = readme_path.read_text()
-    wanted = replace_block(readme, render(json.loads(args.pipeline.read_text())))
+    stale = []
+    for page, text in rendered(args.pipeline, args.study).items():
+        if text == page.read_text():
+            continue
+        stale.append(page.relative_to(paths.REPO_ROOT).as_posix())
+        if not args.check:
+            atomic_write_text(page, text)
     if args.check:
-        print("README verdict is up to date" if wanted == readme else
-              f"README verdict differs from {args.pipeline}: run benchmarks/readme_verdict.py")
-        return int(wanted != readme)
-    atomic_write_text(readme_path, wanted)
+        print(f"verdicts differ from their result files in {', '.join(stale)}: run benchmarks/readme_verdict.py"
+              if stale else "verdicts are up to date")
+        return int(bool(stale))
     return 0
 
 

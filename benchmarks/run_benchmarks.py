@@ -34,7 +34,8 @@ QUICK_ARGS = {"data": ["--clips", "20", "--repeats", "1"],
               "search": ["--sizes", "10000", "--queries", "20", "--clips", "4"]}
 
 # scripts with no small variant
-QUICK_SKIP = {"setup": "it always installs a whole environment, about 7 GB"}
+QUICK_SKIP = {"setup": "it always installs a whole environment, about 7 GB",
+              "study": "it trains the study's 42 models, about 90 minutes on 2 cores"}
 
 
 def discover() -> dict[str, Path]:

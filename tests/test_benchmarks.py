@@ -1,22 +1,16 @@
 """The benchmark suite runner: its summary of fake JSON files, and one quick script run end to end."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+import benchmark_scripts
+
 pytestmark = pytest.mark.slow
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 FAKE = {
@@ -81,7 +75,7 @@ def _value(result, benchmark, figure):
 
 
 def test_aggregate_reads_every_figure_from_the_json_files(tmp_path):
-    run_benchmarks = _load("run_benchmarks")
+    run_benchmarks = benchmark_scripts.load("run_benchmarks")
     source = tmp_path / "results" / "benchmarks"
     source.mkdir(parents=True)
     for name, data in FAKE.items():
@@ -158,7 +152,7 @@ def test_the_paper_vs_tiny_ratio_rests_on_seconds_per_step_not_a_rounded_through
     source = tmp_path / "results" / "benchmarks"
     source.mkdir(parents=True)
     (source / "models.json").write_text(json.dumps(models))
-    result = _load("run_benchmarks").aggregate(source, tmp_path / "b.json", tmp_path / "b.md")
+    result = benchmark_scripts.load("run_benchmarks").aggregate(source, tmp_path / "b.json", tmp_path / "b.md")
     (ratio,) = result["ratios"]
     assert ratio["value"] == round((19.546 / 4) / (0.596 / 32), 2) == 262.36
     assert "notebook 01's step" in ratio["meaning"] and "fp32" in ratio["meaning"]
@@ -169,7 +163,7 @@ def test_the_paper_vs_tiny_ratio_rests_on_seconds_per_step_not_a_rounded_through
 def test_peak_rss_sees_memory_held_when_the_block_ends():
     import numpy as np
 
-    bench_correspondences = _load("bench_correspondences")
+    bench_correspondences = benchmark_scripts.load("bench_correspondences")
     with bench_correspondences.PeakRSS() as memory:
         held = np.ones(16 * 2**20)  # 128 MiB, touched: above malloc's mmap threshold, so fresh pages
     assert memory.added_gb >= 0.9 * held.nbytes / 1e9
@@ -179,7 +173,7 @@ def test_peak_rss_sees_memory_held_when_the_block_ends():
 
 
 def test_runner_runs_a_quick_script_and_summarises_it(tmp_path, capsys):
-    run_benchmarks = _load("run_benchmarks")
+    run_benchmarks = benchmark_scripts.load("run_benchmarks")
     code = run_benchmarks.main(["--only", "models", "--quick", "--no-nice", "--results-home", str(tmp_path)])
     assert code == 0, capsys.readouterr()
     models = json.loads((tmp_path / "results" / "benchmarks" / "models.json").read_text())
@@ -205,7 +199,7 @@ def test_paper_memory_estimate_counts_activations_not_weights():
     import torch
     from torch import nn
 
-    bench_models = _load("bench_models")
+    bench_models = benchmark_scripts.load("bench_models")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 8))
     model[2].weight.requires_grad_(False)
@@ -226,7 +220,7 @@ def test_paper_memory_estimate_counts_activations_not_weights():
 
 def test_correspondence_benchmark_quick_run_writes_its_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("SALSA_HOME", str(tmp_path))
-    assert _load("bench_correspondences").main(["--quick"]) == 0  # also checks block-wise == direct
+    assert benchmark_scripts.load("bench_correspondences").main(["--quick"]) == 0  # also checks block-wise == direct
     written = json.loads((tmp_path / "results" / "benchmarks" / "correspondences.json").read_text())
     (run,) = written["runs"]
     assert run["teachers"] == 2 and run["captions"] == 5 * run["clips"] == 1500
@@ -240,7 +234,7 @@ def test_aggregate_only_keeps_the_runs_that_wrote_the_files(tmp_path):
     (source / "data.json").write_text(json.dumps(FAKE["data"]))
     runs = [{"benchmark": "data", "returncode": 0, "wall_s": 21.6}]
     (tmp_path / "results" / "benchmarks.json").write_text(json.dumps({"runs": runs}))
-    assert _load("run_benchmarks").main(["--aggregate-only", "--results-home", str(tmp_path)]) == 0
+    assert benchmark_scripts.load("run_benchmarks").main(["--aggregate-only", "--results-home", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "results" / "benchmarks.json").read_text())["runs"] == runs
     assert "| bench_data.py | 0 | 21.6 |" in (tmp_path / "results" / "benchmarks.md").read_text()
 
@@ -248,7 +242,7 @@ def test_aggregate_only_keeps_the_runs_that_wrote_the_files(tmp_path):
 def test_recall_at_10_counts_the_reference_top_10_found():
     import torch
 
-    bench = _load("bench_paper_search")
+    bench = benchmark_scripts.load("bench_paper_search")
     generator = torch.Generator().manual_seed(0)
     reference = torch.randn(6, 40, generator=generator)
     assert bench.recall_at_k(reference, reference.clone()) == [1.0] * 6
@@ -261,7 +255,7 @@ def test_recall_at_10_counts_the_reference_top_10_found():
 
 def test_paper_search_quick_run_compares_a_path_with_fp32(tmp_path, monkeypatch):
     monkeypatch.setenv("SALSA_HOME", str(tmp_path))
-    bench = _load("bench_paper_search")
+    bench = benchmark_scripts.load("bench_paper_search")
     written = tmp_path / "results" / "benchmarks" / "paper_search.json"
     bench.main(["--quick", "--path", "fp32"])  # the control: fp32 against itself
     control = json.loads(written.read_text())
@@ -333,7 +327,7 @@ def _check_stage1_length(report: dict) -> None:
 
 def test_stage1_length_quick_pairs_the_seeds_reuses_its_runs_and_its_intervals_are_paired_t(tmp_path, monkeypatch):
     monkeypatch.setenv("SALSA_HOME", str(tmp_path / "unused"))  # restored afterwards; --home sets it
-    bench = _load("bench_stage1_length")
+    bench = benchmark_scripts.load("bench_stage1_length")
     home, out = tmp_path / "home", tmp_path / "stage1_length.json"
     assert bench.main(["--quick", "--home", str(home), "--output", str(out)]) == 0
     report = json.loads(out.read_text())
