@@ -232,7 +232,7 @@ def quality_in_words(quality: pd.DataFrame) -> str:
     if len(kinds) == 2:
         gap = ap[kinds[1]] - ap[kinds[0]]
         text += (f" The {ENSEMBLE_NAMES[kinds[1]]} is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} the "
-                 f"{ENSEMBLE_NAMES[kinds[0]]}" + (f" and {ap[kinds[1]] - members.max():+.2f} points from the best member"
+                 f"{ENSEMBLE_NAMES[kinds[0]]}" + (f" and {ap[kinds[1]] - members.max():+.2f} points from the best member".replace("-", "−")
                                       if len(members) else "") + ".")
     return text + (" Each figure is one estimate of this run's training split, with no seeds to spread over: a "
                    "ranking of these teachers, not a finding; notebook 04 asks whether the students it trains differ.")

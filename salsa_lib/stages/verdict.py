@@ -500,15 +500,20 @@ def _answer(calls: dict) -> str:
                  if key[2] == "control" and key[0] not in ("control", "truth")}
     if not estimated:
         return "No student distilled estimated correspondences beside a control: the question stays open."
-    gains = [f"{kind} on {metric}" for (kind, metric, _), (_, low, high) in estimated.items() if _call(low, high) == 1]
-    losses = [f"{kind} on {metric}" for (kind, metric, _), (_, low, high) in estimated.items() if _call(low, high) == -1]
-    if gains or losses:
-        said = [f"it helps beyond training longer ({_listing(gains)})"] if gains else []
-        said += [f"it does worse than training longer ({_listing(losses)})"] if losses else []
-        return f"So in this run, distilling estimated correspondences: {'; '.join(said)}."
-    kinds = _listing(dict.fromkeys(kind for kind, _, _ in estimated))
-    return ("So this run cannot tell whether distilling estimated correspondences helps beyond training longer: "
-            f"against the control every interval of {kinds} includes zero, on both metrics.")
+    kinds = list(dict.fromkeys(kind for kind, _, _ in estimated))
+    if not any(_call(low, high) in (1, -1) for _, low, high in estimated.values()):
+        return ("So this run cannot tell whether distilling estimated correspondences helps beyond training longer: "
+                f"against the control every interval of {_listing(kinds)} includes zero, on both metrics.")
+    clauses = []
+    for kind in kinds:  # every teacher kind gets its answer, the ones that cannot be told apart too
+        called = {metric: _call(low, high) for (k, metric, _), (_, low, high) in estimated.items() if k == kind}
+        said = [f"{verb} on {_listing(metrics)}" for verb, sides in (("helps", (1,)), ("does worse", (-1,)),
+                                                                     ("cannot be told apart", (0, None)))
+                if (metrics := [m for m, c in called.items() if c in sides])]
+        if len(said) == 1 and said[0].startswith("cannot") and len(called) > 1:
+            said = ["cannot be told apart on either metric"]
+        clauses.append(f"{kind} {' and '.join(said)}")
+    return f"So in this run, distilling estimated correspondences compared with training longer (the control): {'; '.join(clauses)}."
 
 
 def conclusion(table: pd.DataFrame) -> str:

@@ -190,12 +190,15 @@ def test_a_difference_is_a_finding_only_when_its_interval_excludes_zero():
     assert 0.024 < half < 0.03
     ahead = verdict.in_words(table((0.03, 0.01)))  # mean 3 points > half: the interval lies above zero
     assert "+3.00 ± 1.00 points, 95 % CI [+0.52, +5.48]" in ahead and "(a gain, its interval above zero)" in ahead
-    assert "helps beyond training longer (ensemble on mAP@10)" in ahead
+    assert ("compared with training longer (the control): ensemble helps on mAP@10 and cannot be told apart on "
+            "multi mAP@10.") in ahead
     inside = verdict.in_words(table((0.024, 0.01)))  # mean 2.4 points < half: the interval holds zero
     assert "95 % CI [−0.08, +4.88]" in inside and "a gain" not in inside
     assert "cannot tell whether distilling estimated correspondences helps beyond training longer" in inside
     behind = verdict.conclusion(table((0.0, 0.01), multi=(-0.03, 0.01)))
-    assert "ensemble behind on multi mAP@10" in behind and "does worse than training longer (ensemble on multi mAP@10)" in behind
+    assert "ensemble behind on multi mAP@10" in behind and "(the control): ensemble cannot be told apart on mAP@10" not in behind
+    assert ("compared with training longer (the control): ensemble does worse on multi mAP@10 and cannot be told "
+            "apart on mAP@10.") in behind
     single = verdict.in_words(table((0.02, np.nan), wins="1/1"))  # one student: no spread, no interval
     assert "+2.00 points, 95 % CI n/a, 1 of 1 students ahead (no interval with one student)" in single
     assert verdict.compact(table((0.02, np.nan), wins="1/1")).loc[0, "Δ control"] == "+2.00 [n/a] (1/1)"
