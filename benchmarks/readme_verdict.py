@@ -140,7 +140,8 @@ def render_study(folder: Path = bench_study.OUTPUT) -> str:
     """The README block for the study recorded in ``folder``."""
     table, seeds, study = bench_study.table_from_files(folder)
     bf16 = {True: "computes bf16 natively", False: "has no native bf16"}.get(study.get("cpu_native_bf16"), "")
-    students = ", ".join(f"{n} {kind}" for kind, n in study["students_per_kind"].items())
+    counts = study["students_per_kind"]
+    students = ", ".join(f"{counts[kind]} {kind}" for kind in verdict.kind_order(counts))
     minutes = study["wall_s"] / 60
     commits = ", ".join(f"`{c[:7]}`" for c in study["runs_commit"]) or "not recorded"
     figure = (folder / bench_study.FIGURE_FILE).relative_to(paths.REPO_ROOT).as_posix()

@@ -89,7 +89,7 @@ def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
         twice = sorted(set(table.model[table.duplicated(["model", "weights"])]))
         raise ValueError(f"metrics.csv lists {twice} more than once per weights: cannot pair the seeds")
     kinds = member_kinds(Path(stage2_dir).parent / "stage1")
-    stage1 = table[(table.stage.astype(str) == "1") & (table.model.map(kinds).fillna(STAGE1) == STAGE1)].assign(
+    stage1 = table[(table.stage.astype(str) == "1") & (table.model.map(lambda m: kinds.get(m, STAGE1)) == STAGE1)].assign(
         kind=STAGE1, student=lambda d: d.model.str.removeprefix("member").astype(int))
     grid = stage2_kinds(stage2_dir)
     unscored = sorted(set(grid.model) - set(table.model))
