@@ -49,7 +49,7 @@ def test_workers_fit_the_available_memory_and_the_line_says_why():
     assert laptop.workers == 16 * 2 ** 30 // per_run < 8 and laptop.workers * per_run <= 16 * 2 ** 30
     assert laptop.threads == 8 // laptop.workers
     line = parallel_runs.describe(laptop, 9, "students")
-    assert line == ("training 9 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 3.6 GiB "
+    assert line == ("training 9 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 4.0 GiB "
                     "per run (4 fit), 9 runs; limited by memory)")  # as docs/stages.md quotes it
     assert line.startswith(f"training 9 students in {laptop.workers} processes, {laptop.threads} threads each")
     assert "8 cores" in line and "16.0 GiB available" in line and "limited by memory" in line

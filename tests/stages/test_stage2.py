@@ -156,7 +156,7 @@ def test_notebook_03s_plan_fits_a_laptop_and_says_so(trained, monkeypatch, capsy
     [(runs_planned, workers, threads)] = started
     assert runs_planned == 6 and workers * parallel_runs.WORKER_MEMORY_MB * 2 ** 20 <= 16 * 2 ** 30
     assert (workers, threads) == (4, 2)
-    assert ("training 6 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 3.6 GiB per run "
+    assert ("training 6 students in 4 processes, 2 threads each (8 cores, 16.0 GiB available at 4.0 GiB per run "
             "(4 fit), 6 runs; limited by memory)") in capsys.readouterr().out
 
 
