@@ -51,7 +51,8 @@ SOURCE_KEY = "Source"  # the PNG text chunk naming the rows the figure was drawn
 
 
 def command_line(overrides: dict[str, str], force: bool) -> list[str]:
-    return ["./run_all.sh", "--profile", PROFILE, *(["--force"] if force else []), "--quiet",
+    """The study's command; not --quiet, so a run of over an hour shows each notebook's progress."""
+    return ["./run_all.sh", "--profile", PROFILE, *(["--force"] if force else []),
             *[x for k, v in overrides.items() for x in ("-p", k, v)]]
 
 
@@ -66,9 +67,8 @@ def run_study(home: Path, overrides: dict[str, str], force: bool) -> float:
 
 
 def _runs_recorded(results: Path) -> list[dict]:
-    records = [json.loads(path.read_text()) for folder in ("stage1", "stage2") for path in
-               sorted((results / folder).glob(f"*/{runs.RECORD}"))]
-    return records
+    return [json.loads(path.read_text()) for folder in ("stage1", "stage2") for path in
+            sorted((results / folder).glob(f"*/{runs.RECORD}"))]
 
 
 def pretraining_rows(results: Path) -> list[dict]:
