@@ -208,7 +208,7 @@ SMALL_AUDIO_ENCODERS = ("passt_small", "mobilenet_small", "frames_small")
 class Stage1Config(TrainingConfig):
     """Notebook 01: train K dual encoders with the contrastive loss (method §3–6, §8)."""
 
-    members: int = 3  # ensemble members of audio_encoder (students start from these); member k trains with seed + k
+    members: int = 1  # ensemble members of audio_encoder (students start from these); member k trains with seed + k
     other_members: str = "mobilenet_small,frames_small"  # comma list: one more member of each other family (mixed ensemble); empty: none
     seed: int = 409194  # the README's stage-1 seed
     audio_encoder: str = "passt_small"  # passt_small (random init) or passt_s_p16_s16_128_ap468 (paper); also mobilenet_small, frames_small
@@ -276,7 +276,7 @@ class Stage2Config(TrainingConfig):
     """Notebook 03: distil the estimated correspondences into a stage-1 model (method §7.3, §8)."""
 
     teachers: str = "self,mixed,control"  # comma list of self, ensemble (same architecture), mixed (every family), truth (known correspondences), control (L_sup only)
-    students: int = 3  # student k starts from stage-1 member k with seed + k: paired seeds across teachers
+    students: int = 3  # student k starts from stage-1 member k (mod members) with seed + k: paired across teachers
     sup_weight: float = 0.0  # weight of L_sup; the paper's recipe: 0
     distill_weight: float = 1.0  # weight of L_dist; the paper's recipe: 1
     seed: int = 523528930  # the README's stage-2 seed

@@ -127,11 +127,13 @@ STUDY_STUDENTS = 8
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile.build(  # both stages train with the configs' defaults: one recipe, declared once
-        "tiny", "synthetic benchmark, small PaSST pretrained on tagging, packaged MiniLM; 2-core CPU in minutes",
+        "tiny", "synthetic benchmark, small PaSST pretrained on tagging, packaged MiniLM; 2-core CPU in minutes "
+                "(one member per family, every student starts from the PaSST member)",
     ),
     "tiny-grid": Profile.build(  # the tiny profile with every stage-2 teacher kind, in its own folder
-        "tiny-grid", "the tiny profile with every stage-2 teacher kind: the full grid of the verdict table",
-        stage2={"teachers": ",".join(TEACHER_KINDS)},
+        "tiny-grid", "the tiny profile with every stage-2 teacher kind: the full grid of the verdict table; "
+                     "one PaSST member per student, so the same-architecture ensemble has three",
+        stage1={"members": 3}, stage2={"teachers": ",".join(TEACHER_KINDS)},
     ),
     "tiny-study": Profile.build(  # the tiny recipe with enough paired students to tell a difference
         "tiny-study", f"the tiny recipe with {STUDY_STUDENTS} paired students per kind (self, mixed, truth, "

@@ -123,8 +123,9 @@ def released_model(path: str | Path) -> dict:
             "distill_weight": None, "seed": None, "weights": "released", "checkpoint": Path(path)}
 
 
-def stage2_grid(folder: Path) -> dict[str, tuple[str, int]]:
-    """Model folder -> (teacher kind, initial member) for exactly the runs of the latest stage-2 grid.
+def stage2_grid(folder: Path) -> dict[str, tuple[str, int, int]]:
+    """Model folder -> (teacher kind, student, initial member) for exactly the runs of the latest stage-2
+    grid (a grid from before students were numbered apart from members: student = initial member).
 
     Read from ``grid.json`` and checked against each run's record, so a folder left from an earlier
     grid or with other loss weights never joins a row of the verdict.
@@ -141,5 +142,5 @@ def stage2_grid(folder: Path) -> dict[str, tuple[str, int]]:
         recorded = {key: run[key] for key in ("teachers", "init_member", "sup_weight", "distill_weight")}
         if recorded != {key: entry[key] for key in recorded}:
             raise DataError(f"{record_path} records {recorded}, but {listing} plans {entry}: rerun notebook 03")
-        out[entry["model"]] = (run["teachers"], run["init_member"])
+        out[entry["model"]] = (run["teachers"], run.get("student", run["init_member"]), run["init_member"])
     return out

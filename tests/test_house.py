@@ -147,6 +147,6 @@ def test_run_registry_lists_members_then_stage2_runs_with_both_weights(tmp_path,
     (runs.stage2_dir("test") / runs.GRID_LISTING).write_text(json.dumps({"runs": [
         {"model": "ensemble_from_member0", "teachers": "ensemble", "init_member": 0, "seed": 9,
          "sup_weight": 0.0, "distill_weight": 1.0}]}))
-    assert runs.stage2_grid(runs.stage2_dir("test")) == {"ensemble_from_member0": ("ensemble", 0)}
+    assert runs.stage2_grid(runs.stage2_dir("test")) == {"ensemble_from_member0": ("ensemble", 0, 0)}
     with pytest.raises(ConfigError, match=r"member\(s\) \['member7'\] not found"):
         runs.member_folders("test", ["member7"])

@@ -284,7 +284,7 @@ def example_model(profile: str, table: pd.DataFrame) -> dict:
     stage2 = runs.stage2_dir(profile)
     scored = set(table.model[table.stage.astype(str) == "2"])
     grid = runs.stage2_grid(stage2) if (stage2 / runs.GRID_LISTING).exists() else {}
-    for model, (kind, _) in grid.items():
+    for model, (kind, _, _) in grid.items():
         if kind in runs.SALSA_KINDS and model in scored:
             record = json.loads((stage2 / model / runs.RECORD).read_text())
             candidates.append({"model": model, "kind": kind, "val mAP@10": record["val"]["mAP@10"],

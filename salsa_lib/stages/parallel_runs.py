@@ -102,12 +102,17 @@ def _with_threads(threads: int, job: Callable[..., Any], *args: Any) -> Any:
 
 
 def run_all(job: Callable[..., Any], arguments: Sequence[tuple], workers: int, threads: int,
-            announce: Callable[[Any], None] | None = None) -> list[Any]:
+            announce: Callable[[Any], None] | None = None, order: Sequence[int] | None = None) -> list[Any]:
     """``[job(*a) for a in arguments]``, in ``workers`` processes when more than one; results in order.
 
     ``job`` must be importable (a module-level function); ``announce`` sees each result as it arrives.
+    ``order``: the positions of ``arguments`` in the order they are dispatched (None: as given), so a
+    long run can start first instead of running alone at the end; ``thread_plan`` follows it.
     A failed run raises its own error here once the others have finished.
     """
+    order = list(range(len(arguments))) if order is None else list(order)
+    if sorted(order) != list(range(len(arguments))):
+        raise ValueError(f"order {order} is not a permutation of the {len(arguments)} runs")
     if workers <= 1:
         results = []
         for args in arguments:
@@ -118,8 +123,8 @@ def run_all(job: Callable[..., Any], arguments: Sequence[tuple], workers: int, t
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     plan = thread_plan(len(arguments), workers, workers * threads)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-        futures = [pool.submit(_with_threads, n, job, *args) for n, args in zip(plan, arguments)]
-        for future in futures:
-            if announce and future.exception() is None:
-                announce(future.result())
-        return [future.result() for future in futures]
+        futures = {k: pool.submit(_with_threads, n, job, *arguments[k]) for n, k in zip(plan, order)}
+        for k in order:
+            if announce and futures[k].exception() is None:
+                announce(futures[k].result())
+        return [futures[k].result() for k in range(len(arguments))]

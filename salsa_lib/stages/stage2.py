@@ -62,29 +62,40 @@ class DistillationModule(RetrievalModule):
 
 @dataclass(frozen=True)
 class StudentRun:
-    """One stage-2 training run: what teaches it, which member it starts from, its seed and loss weights."""
+    """One stage-2 training run: what teaches it, its place in the pairing, which member it starts from,
+    its seed and loss weights."""
 
     teachers: str
+    student: int
     init_member: int
     seed: int
     sup_weight: float
     distill_weight: float
 
 
-def planned_runs(config: Stage2Config) -> list[StudentRun]:
-    """Every teacher kind for students 0..students-1; student k starts from member k with seed + k.
+def planned_runs(config: Stage2Config, n_members: int | None = None) -> list[StudentRun]:
+    """Every teacher kind for students 0..students-1; student k starts from member k mod ``n_members``
+    (the stage-1 members of the students' architecture; None: as many as students) with seed + k.
 
     The same (init member, seed) across kinds makes the seeds paired: a kind and the control differ
-    only in their loss. The control trains with L_sup alone, for the same epochs.
+    only in their loss. The control trains with L_sup alone, for the same epochs. With fewer members
+    than students, several students start from one member and differ in their seed alone (the
+    default run: one PaSST member, to fit a laptop's budget; the study: one member per student).
     """
-    return [StudentRun(kind, k, config.seed + k, *((1.0, 0.0) if kind == "control" else
-                                                     (config.sup_weight, config.distill_weight)))
+    n_members = config.students if n_members is None else n_members
+    if n_members < 1:
+        raise ConfigError("stage 1 trained no member of the students' architecture: nothing to start from")
+    return [StudentRun(kind, k, k % n_members, config.seed + k,
+                       *((1.0, 0.0) if kind == "control" else (config.sup_weight, config.distill_weight)))
             for kind in config.teacher_kinds for k in range(config.students)]
 
 
 def run_dir(profile: str, run: StudentRun) -> Path:
-    """One folder per teacher kind, initial member and (non-default) loss weights."""
+    """One folder per teacher kind, student, initial member and (non-default) loss weights: student k
+    from member k is ``<kind>_from_member<k>``; one from another member says which student it is."""
     name = f"{run.teachers}_from_member{run.init_member}"
+    if run.student != run.init_member:
+        name += f"_student{run.student}"
     if run.teachers != "control" and (run.sup_weight, run.distill_weight) != (0.0, 1.0):
         name += f"_sup{run.sup_weight:g}_dist{run.distill_weight:g}"
     return runs.stage2_dir(profile) / name
@@ -103,14 +114,10 @@ def train(config: Stage2Config, data: DataConfig, progress: bool = True, force: 
     """Train (or reuse; ``force``: retrain) every planned stage-2 run of ``config``; returns their run records."""
     encoders = runs.member_audio_encoders(config.profile)
     students_kind = [name for name, family in encoders.items() if family == encoders["member0"]]
-    if config.students > len(students_kind):
-        raise ConfigError(f"students={config.students}, but stage 1 trained {len(students_kind)} members of "
-                          f"{encoders['member0']} (the students' architecture): student k starts from member k, "
-                          "so train more members or ask for fewer students")
     splits = data_sources.load_splits(data, splits=("train", "val"), progress=progress)
     if "truth" in config.teacher_kinds:
         _train_truth(data, splits["train"])  # refused here, before any run starts, when it cannot be had
-    planned = planned_runs(config)
+    planned = planned_runs(config, len(students_kind))
     workers, threads, _ = plan = parallel_runs.plan_workers(config, len(planned))
     if progress:
         precision.announce(config.precision, config.accelerator)

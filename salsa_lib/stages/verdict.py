@@ -1,7 +1,8 @@
 """The verdict of stage 2 with error bars: each teacher kind against the control, over paired seeds.
 
-Student k of every kind starts from stage-1 member k with the same seed, so a kind and the control
-differ only in their loss; the paired difference (kind - control, per student) is the effect of the
+Student k of every kind starts from the same stage-1 member (member k, or member k mod the members
+when there are fewer members than students) with the same seed, so a kind and the control differ only
+in their loss; the paired difference (kind - control, per student) is the effect of the
 targets, free of the effect of training longer. Each paired difference carries a 95 % paired t
 interval, mean ± t_{0.975, n-1} · s / √n over the n students, and the words call a difference a
 finding only when that interval excludes zero. Everything here is computed from files (metrics.csv,
@@ -64,10 +65,10 @@ def oracle_map_at_k(truth, k: int = 10) -> float:
 
 
 def stage2_kinds(stage2_dir: Path) -> pd.DataFrame:
-    """model folder -> teacher kind and initial member, for exactly the runs of the latest grid."""
-    rows = [{"model": model, "kind": kind, "student": student}
-            for model, (kind, student) in runs.stage2_grid(stage2_dir).items()]
-    return pd.DataFrame(rows, columns=["model", "kind", "student"])
+    """model folder -> teacher kind, student and initial member, for exactly the runs of the latest grid."""
+    rows = [{"model": model, "kind": kind, "student": student, "init_member": member}
+            for model, (kind, student, member) in runs.stage2_grid(stage2_dir).items()]
+    return pd.DataFrame(rows, columns=["model", "kind", "student", "init_member"])
 
 
 def member_kinds(stage1_folder: Path) -> dict[str, str]:
@@ -80,9 +81,10 @@ def member_kinds(stage1_folder: Path) -> dict[str, str]:
 
 
 def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
-    """metrics.csv rows as (kind, student, weights, metrics): the stage-1 members of the students'
-    architecture are the ``i = j`` kind, student = member (members of other families are left out:
-    no student starts from them); stage 2 is the latest grid, every run of which must have been scored."""
+    """metrics.csv rows as (kind, student, initial member, weights, metrics): the stage-1 members of the
+    students' architecture are the ``i = j`` kind, student = initial member = member (members of other
+    families are left out: no student starts from them); stage 2 is the latest grid, every run of which
+    must have been scored."""
     if "weights" not in table:
         table = table.assign(weights="best")
     if table.duplicated(["model", "weights"]).any():
@@ -90,14 +92,24 @@ def per_seed(table: pd.DataFrame, stage2_dir: Path) -> pd.DataFrame:
         raise ValueError(f"metrics.csv lists {twice} more than once per weights: cannot pair the seeds")
     kinds = member_kinds(Path(stage2_dir).parent / "stage1")
     stage1 = table[(table.stage.astype(str) == "1") & (table.model.map(lambda m: kinds.get(m, STAGE1)) == STAGE1)].assign(
-        kind=STAGE1, student=lambda d: d.model.str.removeprefix("member").astype(int))
+        kind=STAGE1, student=lambda d: d.model.str.removeprefix("member").astype(int),
+        init_member=lambda d: d.student)
     grid = stage2_kinds(stage2_dir)
     unscored = sorted(set(grid.model) - set(table.model))
     if unscored:
         raise ValueError(f"stage-2 run(s) {unscored} of the latest grid are not in metrics.csv: rerun notebook 04")
     stage2 = table[table.stage.astype(str) == "2"].merge(grid, on="model", how="inner")
-    columns = ["kind", "student", "weights", "model", *METRICS]
+    columns = ["kind", "student", "init_member", "weights", "model", *METRICS]
     return pd.concat([stage1, stage2])[columns].reset_index(drop=True)
+
+
+def initial_of(group: pd.DataFrame, initial: pd.DataFrame) -> pd.DataFrame:
+    """The initial stage-1 member's row for each student of ``group`` (both indexed by student; the
+    members' student is their member number), so ``group - initial_of(...)`` pairs a student with the
+    member it started from. Rows without ``init_member`` (tables from before it was stored) started
+    from the member of their own number."""
+    members = group["init_member"] if "init_member" in group else pd.Series(group.index, index=group.index)
+    return initial.reindex(members.to_numpy()).set_axis(group.index)
 
 
 def _paired(group: pd.DataFrame, reference: pd.DataFrame, metric: str, name: str) -> dict:
@@ -170,7 +182,7 @@ def paired_table(seeds: pd.DataFrame, chance: dict, oracle: dict, quality: dict 
                 if kind != "control":
                     row.update(_paired(group, control, m, "control"))
                 if kind != "i = j (stage 1)":
-                    row.update(_paired(group, initial, m, "stage 1"))
+                    row.update(_paired(group, initial_of(group, initial), m, "stage 1"))
             row.update((quality or {}).get(kind, {}))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -227,15 +239,15 @@ def paired_differences(seeds: pd.DataFrame, metric: str = "mAP@10") -> pd.DataFr
     """
     if "weights" not in seeds:
         seeds = seeds.assign(weights="best")
-    initial = seeds[(seeds.kind == STAGE1) & (seeds.weights == "best")].set_index("student")[metric]
+    initial = seeds[(seeds.kind == STAGE1) & (seeds.weights == "best")].set_index("student")
     rows = []
     for (kind, weights), group in seeds.groupby(["kind", "weights"], sort=False):
-        group = group.set_index("student").sort_index()[metric]
+        group = group.set_index("student").sort_index()
         control = seeds[(seeds.kind == "control") & (seeds.weights == weights)].set_index("student")[metric]
-        for reference, values in (("stage 1", initial), ("control", control)):
+        for reference, values in (("stage 1", initial_of(group, initial)[metric]), ("control", control)):
             if kind == STAGE1 or (reference == "control" and kind == "control"):
                 continue
-            delta = (group - values.reindex(group.index)).dropna()
+            delta = (group[metric] - values.reindex(group.index)).dropna()
             rows += [{"kind": kind, "weights": weights, "student": int(student), "reference": reference, "delta": d}
                      for student, d in delta.items()]
     return pd.DataFrame(rows, columns=["kind", "weights", "student", "reference", "delta"])

@@ -90,6 +90,21 @@ def test_each_run_trains_on_the_threads_the_plan_gave_it():
     assert parallel_runs.run_all(_threads, [(), (), ()], workers=2, threads=1) == [1, 1, 2]
 
 
+def test_a_run_dispatched_first_gets_the_first_rounds_threads_and_results_stay_in_order():
+    # the third run goes first: it shares the cores; the first, dispatched last, gets both
+    assert parallel_runs.run_all(_threads, [(), (), ()], workers=2, threads=1, order=[2, 1, 0]) == [2, 1, 1]
+    assert parallel_runs.run_all(pow, [(2, 3), (3, 2), (2, 2)], workers=2, threads=1, order=[1, 2, 0]) == [8, 9, 4]
+    with pytest.raises(ValueError, match="not a permutation"):
+        parallel_runs.run_all(pow, [(2, 3), (3, 2)], workers=2, threads=1, order=[0, 0])
+
+
+def test_the_longest_family_is_dispatched_first_members_of_a_family_in_their_order():
+    families = ["passt_small", "passt_small", "mobilenet_small", "frames_small"]
+    assert stage1.longest_first(families) == [3, 0, 1, 2]
+    assert stage1.longest_first(["passt_small", "mobilenet_small", "frames_small"]) == [2, 0, 1]
+    assert stage1.longest_first(["someone_elses", "passt_small"]) == [1, 0]  # unknown families go last
+
+
 @pytest.mark.slow
 def test_members_trained_in_two_processes_equal_those_trained_in_one(tiny_home, tiny_stage1, monkeypatch):
     data = data_sources.load_data_config("test")

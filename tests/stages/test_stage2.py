@@ -66,6 +66,19 @@ def test_ensemble_distillation_trains_from_the_initial_member(trained, monkeypat
         stage2.train(config, data, progress=False)
 
 
+def test_with_fewer_members_than_students_students_share_a_member_and_differ_in_seed():
+    config = Stage2Config(**{**STAGE2, "students": 3}, teachers="self,control")
+    planned = stage2.planned_runs(config, n_members=1)
+    assert [(r.teachers, r.student, r.init_member, r.seed) for r in planned] == [
+        (kind, k, 0, config.seed + k) for kind in ("self", "control") for k in range(3)]
+    assert [stage2.run_dir("test", r).name for r in planned[:3]] == [
+        "self_from_member0", "self_from_member0_student1", "self_from_member0_student2"]
+    assert [r.init_member for r in stage2.planned_runs(config.replace(students=5), n_members=2)][:5] == [0, 1, 0, 1, 0]
+    assert len({stage2.run_dir("test", r) for r in stage2.planned_runs(config.replace(students=5), 2)}) == 10
+    with pytest.raises(ConfigError, match="no member"):
+        stage2.planned_runs(config, n_members=0)
+
+
 def test_paired_grid_self_control_and_truth(trained):
     data, train = trained
     correspondences.embed_members("test", train, batch_size=8)
@@ -160,7 +173,7 @@ def test_notebook_03s_plan_fits_a_laptop_and_says_so(trained, monkeypatch, capsy
             "(4 fit), 6 runs; limited by memory)") in capsys.readouterr().out
 
 
-def test_same_architecture_and_mixed_ensembles_teach_their_members(tiny_home, tiny_stage1):
+def test_same_architecture_and_mixed_ensembles_teach_their_members(tiny_home, tiny_stage1, monkeypatch):
     """ensemble: the members of the student's architecture (its own included); mixed: every family;
     students start only from members of their own architecture."""
     data = data_sources.load_data_config("test")
@@ -183,5 +196,8 @@ def test_same_architecture_and_mixed_ensembles_teach_their_members(tiny_home, ti
     np.testing.assert_allclose(estimates["ensemble"], correspondences.full_split_similarity(audio, captions), rtol=1e-6)
     assert estimates["mixed"].shape == estimates["ensemble"].shape
     assert not np.allclose(estimates["mixed"], estimates["ensemble"])
-    with pytest.raises(ConfigError, match="2 members of passt_small"):  # member2 is no PaSST to start from
-        stage2.train(Stage2Config(**{**STAGE2, "students": 3}, teachers="self"), data, progress=False)
+    # member2 is no PaSST to start from: a third student starts from member0 again, with its own seed
+    dispatched = []
+    monkeypatch.setattr(stage2.parallel_runs, "run_all", lambda job, jobs, *a, **k: dispatched.extend(jobs) or [])
+    stage2.train(Stage2Config(**{**STAGE2, "students": 3}, teachers="self"), data, progress=False)
+    assert [(job[2].student, job[2].init_member) for job in dispatched] == [(0, 0), (1, 1), (2, 0)]

@@ -114,6 +114,43 @@ def test_paired_table_from_files(tmp_path):
     assert pd.isna(best.loc["control", "estimate AP"])
 
 
+def test_students_that_share_one_member_are_paired_by_seed_and_each_against_that_member(tmp_path):
+    """The default run: one member of the students' architecture, three students per kind from it."""
+    results = tmp_path / "results"
+    values = {"control": (0.32, 0.22, 0.26), "self": (0.35, 0.21, 0.30)}
+    rows = [{"stage": 1, "model": "member0", "mAP@10": 0.25, "multi mAP@10": 0.3, "weights": "best"}]
+    kinds = {}
+    for kind, per_student in values.items():
+        for k, v in enumerate(per_student):
+            model = f"{kind}_from_member0" + (f"_student{k}" if k else "")
+            rows.append({"stage": 2, "model": model, "mAP@10": v, "multi mAP@10": v, "weights": "best"})
+            kinds[model] = (kind, k)
+    results.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(results / "metrics.csv", index=False)
+    grid = []
+    for model, (kind, k) in kinds.items():
+        run = {**_run(kind, 0), "student": k}
+        (results / "stage2" / model).mkdir(parents=True)
+        (results / "stage2" / model / "run.json").write_text(json.dumps({"run": run}))
+        grid.append({"model": model, **run})
+    (results / "stage2" / "grid.json").write_text(json.dumps({"runs": grid}))
+
+    seeds = verdict.per_seed_from_files(results)
+    assert sorted(seeds[seeds.kind == "self"].student) == [0, 1, 2]
+    assert set(seeds[seeds.kind == "self"].init_member) == {0}
+    best = verdict.verdict_from_files(results, TRUTH_5).set_index("system")
+    assert best.loc["i = j (stage 1)", "seeds"] == 1 and best.loc["self", "seeds"] == 3
+    # every student against the one member it started from, and against the control of its own seed
+    assert best.loc["self", "mAP@10 Δ stage 1 mean"] == pytest.approx(np.mean(values["self"]) - 0.25)
+    assert best.loc["self", "mAP@10 Δ stage 1 wins"] == "2/3"
+    diff = np.subtract(values["self"], values["control"])
+    assert best.loc["self", "mAP@10 Δ control mean"] == pytest.approx(diff.mean())
+    assert best.loc["self", "mAP@10 Δ control std"] == pytest.approx(diff.std(ddof=1))
+    deltas = verdict.paired_differences(seeds).set_index(["kind", "reference", "student"]).delta
+    assert deltas["self", "stage 1", 2] == pytest.approx(0.30 - 0.25)
+    assert deltas["control", "stage 1", 1] == pytest.approx(0.22 - 0.25)
+
+
 def test_runs_outside_the_latest_grid_never_join_a_row(tmp_path):
     values = {"control": (0.32, 0.22, 0.26), "ensemble": (0.35, 0.21, 0.30)}
     rows, kinds = _grid_rows(values)
