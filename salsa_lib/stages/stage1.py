@@ -13,6 +13,8 @@ import pandas as pd
 
 from salsa_lib import reports, runs
 from salsa_lib.config import SMALL_AUDIO_ENCODERS, DataConfig, Stage1Config
+from salsa_lib.core.audio_families import SMALL_FRAMES, SMALL_MOBILENET
+from salsa_lib.core.encoders import SMALL_PASST
 from salsa_lib.data import data_sources
 from salsa_lib.data.splits import split_fingerprint
 from salsa_lib.errors import ConfigError
@@ -26,7 +28,7 @@ from salsa_lib.stages.training import RetrievalModule, fit, make_loaders
 # run never trains alone at the end: on 2 cores in fp32 (the study, two runs side by side) a frame
 # transformer member took 232 s, a small PaSST 172-195 s and a MobileNet-style one 177 s; pretraining
 # took 131, 87 and 99 s. The order changes no result beyond float rounding (``parallel_runs.thread_plan``).
-LONGEST_FIRST = ("frames_small", "passt_small", "mobilenet_small")
+LONGEST_FIRST = (SMALL_FRAMES, SMALL_PASST, SMALL_MOBILENET)
 
 
 def longest_first(families: list[str]) -> list[int]:
@@ -36,15 +38,16 @@ def longest_first(families: list[str]) -> list[int]:
 
 
 def train_members(config: Stage1Config, data: DataConfig, progress: bool = True, force: bool = False,
-                  pretrained: dict | None = None) -> pd.DataFrame:
+                  pretrained: dict[str, dict] | None = None) -> pd.DataFrame:
     """Train (or reuse; ``force``: retrain) every member; returns and writes the members table.
 
-    ``pretrained``: the pretraining record when the caller already has it (else it is made or reused here).
+    ``pretrained``: audio encoder -> pretraining record, for the families the caller has already pretrained
+    (``pretrain_families``' answer); the others are made or reused here. With ``force`` a family is
+    retrained here unless its record is given: notebook 01 passes every family it pretrained.
     """
     plan = member_configs(config)  # refuses an unknown family before anything trains
     data_sources.load_splits(data, splits=("train", "val"), progress=progress)  # audio caches built once, here
-    given = {config.audio_encoder: pretrained} if pretrained is not None else {}
-    starts = pretrain_families(config, data, progress, force, given)  # audio encoder -> its pretraining record
+    starts = pretrain_families(config, data, progress, force, pretrained)  # audio encoder -> its pretraining record
     workers, threads, _ = worker_plan = parallel_runs.plan_workers(config, len(plan))
     if progress:
         precision.announce(config.precision, config.accelerator)
@@ -71,8 +74,8 @@ def pretrain_families(config: Stage1Config, data: DataConfig, progress: bool = T
     families = {c.audio_encoder: c for c in member_configs(config) if c.audio_encoder not in (given or {})}
     if families:  # generated once, here, so that no two workers generate it at the same time
         pretraining.pool(config.pretrain_clips, config.window_seconds, data.synthetic_seed, progress)
-    # side by side on the cores, as the members are: three families on 2 cores took 317 s one after the
-    # other (two threads each), most of which parallel runs of one thread each win back
+    # side by side on the cores, as the members are (two one-thread runs get more done than one run on
+    # two threads: ``parallel_runs``), the longest first
     workers, threads, _ = worker_plan = parallel_runs.plan_workers(config, len(families))
     if progress and workers > 1:
         print(parallel_runs.describe(worker_plan, len(families), "pretraining runs"), flush=True)

@@ -241,3 +241,29 @@ def test_an_unknown_family_is_refused_before_anything_trains(tiny_home, tiny_sta
     with pytest.raises(ConfigError, match="other_members='mobilenet,passt_small'.*mobilenet"):
         _train(tiny_stage1.replace(other_members="mobilenet,passt_small"))
     assert not runs.stage1_dir("test").exists()
+
+
+def test_each_family_pretrains_once_side_by_side_and_a_given_record_is_not_redone(tiny_home, tiny_stage1, monkeypatch):
+    """Three families on 2 workers: a record per family, each naming its own weights; a second call and
+    a record the caller passes in are reused, never trained again."""
+    from salsa_lib.stages import pretraining
+
+    config = tiny_stage1.replace(other_members="mobilenet_small,frames_small", pretrain_clips=12, pretrain_epochs=1,
+                                 parallel_runs=2)
+    data = data_sources.load_data_config("test")
+    records = stage1.pretrain_families(config, data, progress=False)
+    assert list(records) == ["passt_small", "mobilenet_small", "frames_small"]
+    for family, record in records.items():
+        assert record["params"]["audio_encoder"] == family
+        assert pretraining.checkpoint_path("test", family).exists()
+    dispatched = []
+    monkeypatch.setattr(stage1.parallel_runs, "run_all", lambda job, jobs, *a, **k: dispatched.extend(jobs) or
+                        [job(*arguments) for arguments in jobs])
+    again = stage1.pretrain_families(config, data, progress=False, given={"passt_small": records["passt_small"]})
+    assert again == records
+    assert [job[0].audio_encoder for job in dispatched] == ["mobilenet_small", "frames_small"]  # reused, not redone
+    # --force: notebook 01 pretrains in section 0 and hands every record to the members' call, which
+    # must not pretrain them a second time (it once did, for the two other families)
+    dispatched.clear()
+    assert stage1.pretrain_families(config, data, progress=False, force=True, given=records) == records
+    assert dispatched == []
