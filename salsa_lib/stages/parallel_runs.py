@@ -107,7 +107,8 @@ def run_all(job: Callable[..., Any], arguments: Sequence[tuple], workers: int, t
 
     ``job`` must be importable (a module-level function); ``announce`` sees each result as it arrives.
     ``order``: the positions of ``arguments`` in the order they are dispatched (None: as given), so a
-    long run can start first instead of running alone at the end; ``thread_plan`` follows it.
+    long run can start first instead of running alone at the end; ``thread_plan`` follows it (in this
+    process, with one worker, the runs go as given: the order changes nothing there).
     A failed run raises its own error here once the others have finished.
     """
     order = list(range(len(arguments))) if order is None else list(order)

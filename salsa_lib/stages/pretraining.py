@@ -63,18 +63,22 @@ def checkpoint_path(profile: str, audio_encoder: str = SMALL_PASST) -> Path:
     return folder(profile, audio_encoder) / f"{name}_pretrained.pt"
 
 
-def pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> tuple[np.ndarray, list[dict]]:
-    """The tagging pool, generated once and kept under data/cache/ (it is data, not a result)."""
+def ensure_pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> Path:
+    """The tagging pool's file under data/cache/ (it is data, not a result), generated when missing."""
     path = paths.data_dir() / "cache" / "pretraining_pool" / f"pool-{n_clips}-{seconds:g}s-seed{seed}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            return stored["audio"].astype(np.float32) / 32767, json.loads(str(stored["clips"]))
-    if progress:
-        print(f"generating the pretraining pool ({n_clips} clips) ...", flush=True)
-    audio, clips = synth.tagging_pool(n_clips, seconds, MODEL_SAMPLE_RATE, seed)
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, audio=np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16), clips=json.dumps(clips))
-    return np.round(np.clip(audio, -1, 1) * 32767).astype(np.float32) / 32767, clips
+    if not path.exists():
+        if progress:
+            print(f"generating the pretraining pool ({n_clips} clips) ...", flush=True)
+        audio, clips = synth.tagging_pool(n_clips, seconds, MODEL_SAMPLE_RATE, seed)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, audio=np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16), clips=json.dumps(clips))
+    return path
+
+
+def pool(n_clips: int, seconds: float, seed: int, progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """The tagging pool: audio as float32 in [-1, 1] (stored as int16) and each clip's events."""
+    with np.load(ensure_pool(n_clips, seconds, seed, progress)) as stored:
+        return stored["audio"].astype(np.float32) / 32767, json.loads(str(stored["clips"]))
 
 
 def run_params(config: Stage1Config, data: DataConfig) -> dict:

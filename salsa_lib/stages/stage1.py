@@ -25,9 +25,10 @@ from salsa_lib.stages.training import RetrievalModule, fit, make_loaders
 
 
 # Families in the order their runs are dispatched to the workers, longest first, so that the longest
-# run never trains alone at the end: on 2 cores in fp32 (the study, two runs side by side) a frame
-# transformer member took 232 s, a small PaSST 172-195 s and a MobileNet-style one 177 s; pretraining
-# took 131, 87 and 99 s. The order changes no result beyond float rounding (``parallel_runs.thread_plan``).
+# run never trains alone at the end: the frame transformer's pretraining took longest in the study
+# (131 s against 99 s for the MobileNet-style CNN and 87 s for the small PaSST; ``pretraining`` in
+# results/benchmarks/study/study.json: 2-core AMD EPYC with native bf16, run in fp32). The order changes
+# no result beyond float rounding (``parallel_runs.thread_plan``).
 LONGEST_FIRST = (SMALL_FRAMES, SMALL_PASST, SMALL_MOBILENET)
 
 
@@ -73,7 +74,7 @@ def pretrain_families(config: Stage1Config, data: DataConfig, progress: bool = T
         return {}
     families = {c.audio_encoder: c for c in member_configs(config) if c.audio_encoder not in (given or {})}
     if families:  # generated once, here, so that no two workers generate it at the same time
-        pretraining.pool(config.pretrain_clips, config.window_seconds, data.synthetic_seed, progress)
+        pretraining.ensure_pool(config.pretrain_clips, config.window_seconds, data.synthetic_seed, progress)
     # side by side on the cores, as the members are (two one-thread runs get more done than one run on
     # two threads: ``parallel_runs``), the longest first
     workers, threads, _ = worker_plan = parallel_runs.plan_workers(config, len(families))
