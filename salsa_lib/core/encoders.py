@@ -29,6 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from salsa_lib.config import MODEL_SAMPLE_RATE, SMALL_AUDIO_ENCODERS
 from salsa_lib.core import audio_families
+from salsa_lib.core.readout import first_token_of_layer, read_only_class_tokens
 from salsa_lib.core.captions import preprocess_caption
 from salsa_lib.core.hub_cache import first_line, needed_files, needed_parts, not_in_cache
 from salsa_lib.errors import ConfigError, DownloadError
@@ -112,7 +113,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.mel = mel_frontend()
         is_passt = hasattr(backbone, "forward_features")
-        self.passt = backbone if is_passt else None
+        # only the class tokens of PaSST's last block are read (readout.py): the others are not computed
+        self.passt = read_only_class_tokens(backbone) if is_passt else None
         self.backbone = None if is_passt else backbone
         # the AudioSet classifier heads are unused (the embedding is taken before them); frozen, they
         # stay in checkpoints (the released one has them) but out of optimisers and DDP's gradient sync
@@ -344,12 +346,17 @@ class TextEncoder(nn.Module):
         """First-token embedding from ``frozen_states`` (padded here to the longest of the batch)."""
         hidden = nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.model.device)
         mask = (torch.arange(hidden.shape[1])[None, :] < torch.tensor([len(s) for s in states])[:, None])
-        hidden = self._run_layers(hidden, mask.long().to(hidden.device), transformer_layers(self.model)[self.n_frozen:])
+        layers = transformer_layers(self.model)[self.n_frozen:]
+        hidden = self._run_layers(hidden, mask.long().to(hidden.device), layers, first_token_only=len(layers) > 0)
         return hidden[:, 0]
 
-    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers,
+                    first_token_only: bool = False) -> torch.Tensor:
+        """``layers`` in turn; ``first_token_only``: the last one for the first token alone (readout.py)."""
         mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        for layer in layers:
+        for position, layer in enumerate(layers):
+            if first_token_only and position == len(layers) - 1:
+                return first_token_of_layer(layer, hidden, mask)
             hidden = layer(hidden, mask)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return hidden
