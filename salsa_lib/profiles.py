@@ -137,7 +137,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "tiny-study": Profile.build(  # the tiny recipe with enough paired students to tell a difference
         "tiny-study", f"the tiny recipe with {STUDY_STUDENTS} paired students per kind (self, mixed, truth, "
-                      "control): the verdict with intervals narrow enough to decide; about 75 minutes on 2 cores (fp32)",
+                      "control): the verdict with intervals narrow enough to decide; 75 minutes on 2 cores (fp32) as last timed",
         stage1={"members": STUDY_STUDENTS}, stage2={"teachers": "self,mixed,truth,control", "students": STUDY_STUDENTS},
     ),
     "clotho": _CLOTHO,

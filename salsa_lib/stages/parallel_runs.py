@@ -26,7 +26,7 @@ from salsa_lib.stages import precision, resources
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: a signal for this process when its parent dies
 # What one worker process needs, in MB: the largest process of notebooks 01 and 03 on the tiny profile
-# peaked at 3,151 MB (peak_process_rss_mb in results/benchmarks/pipeline.json, from
+# peaked at 3,145 MB (peak_process_rss_mb in results/benchmarks/pipeline.json, from
 # benchmarks/bench_pipeline.py: notebook 01), plus a fifth for safety, rounded up to 4 GiB.
 # tests/test_benchmarks.py holds this figure to the stored measurement.
 WORKER_MEMORY_MB = 4096

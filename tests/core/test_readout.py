@@ -90,3 +90,16 @@ def test_text_readout_keeps_the_attention_dropout_in_training(minilm):
         layer.eval()
     assert layer.attention.self.dropout.p == pytest.approx(0.2)
     assert not torch.equal(*dropped)
+
+
+def test_a_quantised_projection_is_called_whole_and_gives_the_same_class_tokens(passt_pair):
+    whole, readout = passt_pair
+    quantised = [torch.ao.quantization.quantize_dynamic(copy.deepcopy(m).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+                 for m in (whole, readout)]
+    assert not isinstance(quantised[1].blocks[-1].attn.qkv, torch.nn.Linear)  # the branch without weights to split
+    mel = torch.randn(2, 1, 128, 100)
+    with torch.no_grad():
+        reference, ours = (torch.cat(m.forward_features(mel)) for m in quantised)
+    # int8 activations are scaled per call: the read tokens alone get other scales, hence the tolerance
+    assert ours.shape == reference.shape
+    assert torch.allclose(ours, reference, atol=0.05 * float(reference.abs().max()))
