@@ -29,9 +29,9 @@ from transformers.utils import logging as transformers_logging
 
 from salsa_lib.config import MODEL_SAMPLE_RATE, SMALL_AUDIO_ENCODERS
 from salsa_lib.core import audio_families
-from salsa_lib.core.readout import first_token_of_layer, read_only_class_tokens
 from salsa_lib.core.captions import preprocess_caption
 from salsa_lib.core.hub_cache import first_line, needed_files, needed_parts, not_in_cache
+from salsa_lib.core.readout import first_token_of_layer, read_only_class_tokens
 from salsa_lib.errors import ConfigError, DownloadError
 
 PAPER_PASST = "passt_s_p16_s16_128_ap468"  # PaSST-S, 16x16 patches, stride 16, AudioSet ap .468

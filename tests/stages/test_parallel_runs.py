@@ -102,7 +102,8 @@ def test_the_longest_family_is_dispatched_first_members_of_a_family_in_their_ord
     families = ["passt_small", "passt_small", "mobilenet_small", "frames_small"]
     assert stage1.longest_first(families) == [3, 0, 1, 2]
     assert stage1.longest_first(["passt_small", "mobilenet_small", "frames_small"]) == [2, 0, 1]
-    assert stage1.longest_first(["someone_elses", "passt_small"]) == [1, 0]  # unknown families go last
+    assert stage1.longest_first(["someone_elses", "frames_small"]) == [1, 0]  # the others after it
+    assert stage1.longest_first(["mobilenet_small", "someone_elses", "passt_small"]) == [0, 1, 2]  # as given
 
 
 @pytest.mark.slow
